@@ -1,0 +1,1 @@
+"""optsweep analysis: reads the Parquet results."""

@@ -1,0 +1,1 @@
+"""Example models for optsweep: digits (MLP and CNN) and MiniLM sentence embeddings."""

@@ -1,0 +1,1 @@
+"""optsweep optimizers."""

@@ -1,0 +1,1 @@
+"""optsweep sweep orchestration."""
