@@ -13,7 +13,7 @@ channels, neurons and attention heads, so the model is really smaller and faster
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -1,0 +1,91 @@
+"""torch.ao.quantization (deprecated upstream, still the fastest int8 CPU path in torch 2.13)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedOnDeviceError
+
+
+def available() -> bool:
+    try:
+        import torch.ao.quantization  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _select_engine(engine: str) -> str:
+    supported = torch.backends.quantized.supported_engines
+    if engine == "auto":
+        engine = "x86" if "x86" in supported else ("qnnpack" if "qnnpack" in supported else supported[0])
+    if engine not in supported:
+        raise UnsupportedOnDeviceError(
+            f"quantized engine {engine!r} is not available here; supported: {supported}"
+        )
+    torch.backends.quantized.engine = engine
+    return engine
+
+
+def quantize_dynamic(model: nn.Module, *, bits: int, per_channel: bool, engine: str) -> tuple[nn.Module, str]:
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        float16_dynamic_qconfig,
+        per_channel_dynamic_qconfig,
+    )
+    from torch.ao.quantization import (
+        quantize_dynamic as _qd,
+    )
+
+    engine = _select_engine(engine)
+    if bits == 16:
+        qconfig, dtype = float16_dynamic_qconfig, torch.float16
+    else:
+        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        dtype = torch.qint8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _qd(model, {nn.Linear: qconfig, nn.LSTM: qconfig, nn.GRU: qconfig}, dtype=dtype, inplace=True)
+    return q, engine
+
+
+def quantize_static(
+    model: nn.Module,
+    *,
+    example_inputs: tuple[torch.Tensor, ...],
+    calibration: Iterable[tuple[torch.Tensor, ...]],
+    per_channel: bool,
+    engine: str,
+) -> tuple[nn.Module, str]:
+    """FX graph-mode post-training quantization: no QuantStub edits to the user's model."""
+    from torch.ao.quantization import (
+        QConfigMapping,
+        get_default_qconfig,
+        get_default_qconfig_mapping,
+    )
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    engine = _select_engine(engine)
+    qmap = get_default_qconfig_mapping(engine) if per_channel else QConfigMapping().set_global(
+        get_default_qconfig("qnnpack" if engine == "qnnpack" else "fbgemm")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            prepared = prepare_fx(model.eval(), qmap, example_inputs)
+        except Exception as exc:  # symbolic tracing failed: the model is not FX-traceable
+            raise UnsupportedOnDeviceError(
+                f"static quantization needs an FX-traceable model: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            ) from exc
+        n = 0
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(*batch)
+                n += 1
+        if n == 0:
+            raise ValueError("calibration data is empty")
+        return convert_fx(prepared), engine

@@ -1,0 +1,309 @@
+"""Honest measurement: latency with robust statistics, serialized size, accuracy, environment.
+
+Latency uses ``torch.utils.benchmark.Timer.blocked_autorange`` (it synchronizes CUDA, fixes the
+thread count and picks the number of calls per block), after an explicit warm-up. We report the
+median, p90 and IQR of the block times and flag a measurement as noisy when IQR/median > 10%.
+
+>>> import torch
+>>> bench = OptimizationBenchmark(torch.nn.Linear(8, 8), lambda: (torch.randn(4, 8),),
+...                               min_run_time=0.05)
+>>> base = bench.benchmark_original_model()
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._utils import compressed_size_bytes, count_parameters, model_device, model_size_bytes
+
+NOISY_IQR_RATIO = 0.10
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one forward pass, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    iqr_ms: float
+    mean_ms: float
+    n_samples: int
+    calls_per_sample: int
+    threads: int
+    noisy: bool
+
+    @property
+    def cv(self) -> float:
+        """IQR / median."""
+        return self.iqr_ms / self.median_ms if self.median_ms else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(
+    model: nn.Module,
+    inputs: Sequence[Any],
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    min_run_time: float = 0.5,
+) -> LatencyStats:
+    """Median/p90/IQR latency of ``model(*inputs)`` under ``torch.no_grad()``.
+
+    >>> import torch
+    >>> s = measure_latency(torch.nn.Linear(4, 4), (torch.randn(2, 4),), min_run_time=0.02)
+    >>> s.median_ms > 0
+    True
+    """
+    from torch.utils.benchmark import Timer
+
+    threads = threads or torch.get_num_threads()
+    device = model_device(model)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(*inputs)
+            _sync(device)
+            timer = Timer(
+                stmt="model(*inputs)",
+                setup="",
+                globals={"model": model, "inputs": tuple(inputs)},
+                num_threads=threads,
+            )
+            # blocked_autorange runs in inference mode via the stmt's globals; grad is off here.
+            m = timer.blocked_autorange(min_run_time=min_run_time)
+    finally:
+        torch.set_num_threads(prev)
+    times = np.asarray(m.times) * 1e3
+    q1, med, q3, p90 = np.percentile(times, [25, 50, 75, 90])
+    iqr = float(q3 - q1)
+    return LatencyStats(
+        median_ms=float(med), p90_ms=float(p90), iqr_ms=iqr, mean_ms=float(times.mean()),
+        n_samples=len(times), calls_per_sample=int(m.number_per_run), threads=threads,
+        noisy=bool(med > 0 and iqr / med > NOISY_IQR_RATIO),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_name(device: torch.device | str) -> str:
+    """GPU name for CUDA devices, CPU model otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    return cpu_model()
+
+
+def environment(device: torch.device | str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """Fingerprint recorded with every result."""
+    device = torch.device(device)
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {
+        "device": str(device),
+        "hardware": hardware_name(device),
+        "threads": threads or torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "quantized_engine": torch.backends.quantized.engine,
+        "hostname": socket.gethostname(),
+        "cpu_affinity": _ranges(affinity),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def _ranges(cores: list[int]) -> str:
+    out: list[str] = []
+    for c in cores:
+        if out and "-" not in out[-1] and int(out[-1]) == c - 1:
+            out[-1] = f"{out[-1]}-{c}"
+        elif out and "-" in out[-1] and int(out[-1].split("-")[1]) == c - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
+@dataclass
+class BenchmarkResult:
+    """One model's measurements."""
+
+    name: str
+    latency: LatencyStats
+    size_bytes: int
+    compressed_size_bytes: int
+    total_params: int
+    nonzero_params: int
+    accuracy: float | None
+    peak_memory_bytes: int | None
+    env: dict[str, Any] = field(default_factory=dict)
+
+    def as_row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k not in ("latency", "env")}
+        row.update({f"latency_{k}": v for k, v in asdict(self.latency).items()})
+        return row
+
+
+InputGenerator = Callable[[], Sequence[Any]] | Sequence[Any]
+
+
+class OptimizationBenchmark:
+    """Measure an original model and its optimized variants side by side, in one process.
+
+    Args:
+        model: the original model.
+        input_generator: a callable returning the input tuple, or the tuple itself.
+        evaluate_fn: ``(model) -> float``, higher is better (accuracy or fidelity).
+        threads: torch intra-op threads for timing (default: current setting).
+        min_run_time: seconds of timing per model.
+
+    >>> import torch
+    >>> b = OptimizationBenchmark(torch.nn.Linear(4, 4), (torch.randn(2, 4),), min_run_time=0.02)
+    >>> _ = b.benchmark_original_model(); _ = b.benchmark_optimized_model(torch.nn.Linear(4, 4), "x")
+    >>> [r["name"] for r in b.compare_optimizations()]
+    ['original', 'x']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_generator: InputGenerator,
+        evaluate_fn: Callable[[nn.Module], float] | None = None,
+        *,
+        threads: int | None = None,
+        warmup: int = 5,
+        min_run_time: float = 0.5,
+    ) -> None:
+        self.model = model
+        self.input_generator = input_generator
+        self.evaluate_fn = evaluate_fn
+        self.threads = threads or torch.get_num_threads()
+        self.warmup = warmup
+        self.min_run_time = min_run_time
+        self.results: dict[str, BenchmarkResult] = {}
+
+    def _inputs(self, model: nn.Module) -> tuple[Any, ...]:
+        raw = self.input_generator() if callable(self.input_generator) else self.input_generator
+        device = model_device(model)
+        return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in raw)
+
+    def benchmark(self, model: nn.Module, name: str) -> BenchmarkResult:
+        """Measure ``model`` and store the result under ``name``."""
+        model.eval()
+        device = model_device(model)
+        inputs = self._inputs(model)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        lat = measure_latency(model, inputs, threads=self.threads, warmup=self.warmup,
+                              min_run_time=self.min_run_time)
+        peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+        nonzero, total = count_parameters(model)
+        acc = float(self.evaluate_fn(model)) if self.evaluate_fn else None
+        result = BenchmarkResult(
+            name=name, latency=lat, size_bytes=model_size_bytes(model),
+            compressed_size_bytes=compressed_size_bytes(model), total_params=total,
+            nonzero_params=nonzero, accuracy=acc, peak_memory_bytes=peak,
+            env=environment(device, self.threads),
+        )
+        self.results[name] = result
+        return result
+
+    def benchmark_original_model(self) -> BenchmarkResult:
+        """Measure the original model (the reference for every ratio)."""
+        return self.benchmark(self.model, "original")
+
+    def benchmark_optimized_model(self, model: nn.Module, name: str) -> BenchmarkResult:
+        """Measure an optimized variant."""
+        return self.benchmark(model, name)
+
+    def compare_optimizations(self) -> list[dict[str, Any]]:
+        """Rows with speedup, compression and accuracy delta against the original."""
+        if "original" not in self.results:
+            self.benchmark_original_model()
+        base = self.results["original"]
+        rows = []
+        for r in self.results.values():
+            row = r.as_row()
+            row["speedup"] = base.latency.median_ms / r.latency.median_ms
+            row["compression_ratio"] = base.size_bytes / r.size_bytes
+            row["accuracy_drop"] = (
+                base.accuracy - r.accuracy if base.accuracy is not None and r.accuracy is not None else None
+            )
+            rows.append(row)
+        return rows
+
+    def generate_report(self) -> str:
+        """A Markdown table of every measured model, plus the environment."""
+        rows = self.compare_optimizations()
+        env = self.results["original"].env
+        lines = [
+            f"Environment: {env['hardware']} | device {env['device']} | threads {env['threads']} | "
+            f"torch {env['torch_version']} | engine {env['quantized_engine']}",
+            "",
+            "| model | latency ms (median) | IQR ms | size bytes | accuracy | speedup | compression |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+            noisy = " (noisy)" if r["latency_noisy"] else ""
+            lines.append(
+                f"| {r['name']} | {r['latency_median_ms']:.3f}{noisy} | {r['latency_iqr_ms']:.3f} | "
+                f"{r['size_bytes']} | {acc} | {r['speedup']:.2f}x | {r['compression_ratio']:.2f}x |"
+            )
+        return "\n".join(lines)
+
+    def plot_comparison(self, path: str | Path) -> Path:
+        """Save a PNG with latency (with IQR bars) and size per model."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.compare_optimizations()
+        names = [r["name"] for r in rows]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.bar(names, [r["latency_median_ms"] for r in rows],
+                yerr=[r["latency_iqr_ms"] / 2 for r in rows], color="tab:blue")
+        ax1.set_ylabel("latency (ms, median ± IQR/2)")
+        ax2.bar(names, [r["size_bytes"] / 1e6 for r in rows], color="tab:orange")
+        ax2.set_ylabel("size (MB)")
+        for ax in (ax1, ax2):
+            ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), seconds)`` measured with ``time.perf_counter``."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0

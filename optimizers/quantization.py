@@ -1,0 +1,229 @@
+"""Post-training quantization on real kernels.
+
+- :class:`DynamicQuantizer`: int8 weights, activations quantized on the fly (bits=8), or fp16
+  weights (bits=16).
+- :class:`StaticQuantizer`: int8 weights *and* activations, calibrated, per-channel weights.
+- :class:`WeightOnlyQuantizer`: int8 weight-only, or int4 where a kernel exists (CUDA).
+
+Which library backs each path is decided in :mod:`optimizers._backends`; the chosen backend is
+reported by ``get_size_info()['backend']``.
+
+>>> import torch
+>>> m = torch.nn.Sequential(torch.nn.Linear(16, 16))
+>>> q = DynamicQuantizer(m, QuantizationConfig(quantization_type="dynamic")).optimize()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._backends import _torch_ao, _torchao
+from ._utils import clone_model, model_device, model_size_bytes
+from .errors import ConfigError, UnsupportedOnDeviceError, check_choice
+
+QUANTIZATION_TYPES = ("dynamic", "static", "weight_only")
+ALLOWED_BITS = {"dynamic": (8, 16), "static": (8,), "weight_only": (4, 8)}
+BACKENDS = ("auto", "torch.ao", "torchao")
+ENGINES = ("auto", "x86", "fbgemm", "qnnpack", "onednn")
+_DTYPES = (torch.qint8, torch.quint8, torch.float16)
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How to quantize.
+
+    Attributes:
+        quantization_type: ``dynamic``, ``static`` or ``weight_only``.
+        dtype: ``torch.qint8`` (default); ``torch.float16`` is the same as ``bits=16``.
+        bits: 8, or 16 (fp16 weights, dynamic) or 4 (weight-only, CUDA only).
+        quantize_weights / quantize_activations: informational for dynamic/weight-only;
+            ``static`` quantizes both.
+        per_channel: per-output-channel weight scales (more accurate, same speed).
+        backend: ``auto`` (see the table in :mod:`optimizers._backends`), ``torch.ao`` or ``torchao``.
+        engine: torch.ao quantized engine: ``auto`` (x86 when present), ``qnnpack``, ...
+
+    >>> QuantizationConfig(quantization_type="static", bits=8).per_channel
+    True
+    """
+
+    quantization_type: str = "dynamic"
+    dtype: torch.dtype = torch.qint8
+    bits: int = 8
+    quantize_weights: bool = True
+    quantize_activations: bool = False
+    per_channel: bool = True
+    backend: str = "auto"
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        owner = "QuantizationConfig"
+        check_choice(owner, "quantization_type", self.quantization_type, QUANTIZATION_TYPES)
+        check_choice(owner, "bits", self.bits, ALLOWED_BITS[self.quantization_type])
+        check_choice(owner, "dtype", self.dtype, _DTYPES)
+        if self.dtype == torch.float16 and self.bits != 16:
+            object.__setattr__(self, "bits", 16)
+            check_choice(owner, "bits", 16, ALLOWED_BITS[self.quantization_type])
+        check_choice(owner, "backend", self.backend, BACKENDS)
+        check_choice(owner, "engine", self.engine, ENGINES)
+        if not self.quantize_weights:
+            raise ConfigError(f"{owner}.quantize_weights must be True: every path quantizes weights")
+        if self.quantization_type == "static":
+            object.__setattr__(self, "quantize_activations", True)
+
+
+class _Quantizer:
+    """Shared verb: copy, quantize, measure. Subclasses implement ``_quantize``."""
+
+    kind = ""
+
+    def __init__(self, model: nn.Module, config: QuantizationConfig | None = None) -> None:
+        self.model = model
+        self.config = config or QuantizationConfig(quantization_type=self.kind)
+        if self.config.quantization_type != self.kind:
+            raise ConfigError(
+                f"{type(self).__name__} needs quantization_type={self.kind!r}; "
+                f"got {self.config.quantization_type!r}"
+            )
+        self.optimized_model: nn.Module | None = None
+        self.backend = ""
+        self.engine = ""
+
+    def optimize(self) -> nn.Module:
+        """Return a quantized copy of the model; the input model is untouched."""
+        model = clone_model(self.model).eval()
+        self.optimized_model = self._quantize(model)
+        return self.optimized_model
+
+    def _quantize(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def _backend_for(self, device: torch.device) -> str:
+        if self.config.backend != "auto":
+            return self.config.backend
+        return "torch.ao" if device.type == "cpu" and _torch_ao.available() else "torchao"
+
+    def get_size_info(self) -> dict[str, Any]:
+        """``original_size_bytes``, ``optimized_size_bytes``, ``compression_ratio``, ``backend``."""
+        if self.optimized_model is None:
+            raise RuntimeError("call optimize() before get_size_info()")
+        original = model_size_bytes(self.model)
+        optimized = model_size_bytes(self.optimized_model)
+        return {
+            "original_size_bytes": original,
+            "optimized_size_bytes": optimized,
+            "compression_ratio": original / optimized if optimized else float("nan"),
+            "backend": self.backend,
+            "engine": self.engine,
+        }
+
+
+class DynamicQuantizer(_Quantizer):
+    """Int8 weights with activations quantized on the fly (or fp16 weights with ``bits=16``).
+
+    >>> import torch
+    >>> q = DynamicQuantizer(torch.nn.Sequential(torch.nn.Linear(8, 8))).optimize()
+    """
+
+    kind = "dynamic"
+
+    def _quantize(self, model: nn.Module) -> nn.Module:
+        device = model_device(model)
+        self.backend = self._backend_for(device)
+        if self.backend == "torch.ao":
+            if device.type != "cpu":
+                raise UnsupportedOnDeviceError("torch.ao dynamic quantization runs on CPU only")
+            model, self.engine = _torch_ao.quantize_dynamic(
+                model, bits=self.config.bits, per_channel=self.config.per_channel, engine=self.config.engine
+            )
+            return model
+        if self.config.bits == 16:
+            raise UnsupportedOnDeviceError("fp16-weight dynamic quantization is a torch.ao CPU path; "
+                                           "on GPU use precision fp16")
+        return _torchao.quantize(model, kind="dynamic", bits=8, device=device)
+
+
+class StaticQuantizer(_Quantizer):
+    """Int8 weights and activations, calibrated on ``calibration_loader``; per-channel weights.
+
+    Args:
+        calibration_loader: iterable of input tuples (or single tensors). Required.
+        example_inputs: used to trace the model; defaults to the first calibration batch.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+    >>> data = [(torch.randn(4, 8),) for _ in range(3)]
+    >>> q = StaticQuantizer(m, calibration_loader=data).optimize()
+    """
+
+    kind = "static"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        calibration_loader: Iterable[Any] | None = None,
+        config: QuantizationConfig | None = None,
+        example_inputs: tuple[torch.Tensor, ...] | None = None,
+    ) -> None:
+        super().__init__(model, config)
+        if calibration_loader is None:
+            raise ConfigError("StaticQuantizer.calibration_loader is required: static quantization "
+                              "calibrates activation ranges on real inputs")
+        self.calibration = [b if isinstance(b, (tuple, list)) else (b,) for b in calibration_loader]
+        if not self.calibration:
+            raise ConfigError("StaticQuantizer.calibration_loader is empty: give at least one batch")
+        self.example_inputs = example_inputs or tuple(self.calibration[0])
+
+    def _quantize(self, model: nn.Module) -> nn.Module:
+        device = model_device(model)
+        self.backend = self._backend_for(device)
+        if device.type != "cpu" or self.backend != "torch.ao":
+            raise UnsupportedOnDeviceError(
+                f"static int8 quantization has no kernel on {device.type} with backend {self.backend!r}; "
+                "it runs on CPU with torch.ao"
+            )
+        model, self.engine = _torch_ao.quantize_static(
+            model, example_inputs=self.example_inputs, calibration=[tuple(b) for b in self.calibration],
+            per_channel=self.config.per_channel, engine=self.config.engine,
+        )
+        return model
+
+
+class WeightOnlyQuantizer(_Quantizer):
+    """Int8 (or int4 on CUDA) weights, float activations, via torchao.
+
+    >>> import torch
+    >>> q = WeightOnlyQuantizer(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+    ...                         QuantizationConfig(quantization_type="weight_only")).optimize()
+    """
+
+    kind = "weight_only"
+
+    def _quantize(self, model: nn.Module) -> nn.Module:
+        device = model_device(model)
+        self.backend = "torchao"
+        return _torchao.quantize(model, kind="weight_only", bits=self.config.bits, device=device)
+
+
+_QUANTIZERS: dict[str, type[_Quantizer]] = {
+    "dynamic": DynamicQuantizer,
+    "static": StaticQuantizer,
+    "weight_only": WeightOnlyQuantizer,
+}
+
+
+def make_quantizer(
+    model: nn.Module,
+    config: QuantizationConfig,
+    *,
+    calibration: Iterable[Any] | None = None,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+) -> _Quantizer:
+    """The quantizer for ``config.quantization_type`` (the registry; one entry per type)."""
+    if config.quantization_type == "static":
+        return StaticQuantizer(model, calibration_loader=calibration, config=config, example_inputs=example_inputs)
+    return _QUANTIZERS[config.quantization_type](model, config)
