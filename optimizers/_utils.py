@@ -44,8 +44,17 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     nonzero = total = 0
     for t in _weight_tensors(model):
         total += t.numel()
-        nonzero += int(torch.count_nonzero(t))
+        nonzero += _nonzero(t)
     return nonzero, total
+
+
+def _nonzero(t: torch.Tensor) -> int:
+    try:
+        return int(torch.count_nonzero(t))
+    except (NotImplementedError, RuntimeError):
+        # torchao tensor subclasses (Int8Tensor, ...) implement dequantize, not count_nonzero.
+        deq = getattr(t, "dequantize", None)
+        return int(torch.count_nonzero(deq())) if callable(deq) else t.numel()
 
 
 def _weight_tensors(model: nn.Module) -> list[torch.Tensor]:

@@ -1,0 +1,246 @@
+"""The sweep config (YAML), validated by pydantic with one-line errors that name the key.
+
+>>> cfg = SweepConfig.model_validate({"name": "x", "model": "m:f", "example_inputs": "m:g"})
+>>> cfg.sampler, cfg.n_trials
+('tpe', 30)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from optimizers.mixed_precision import PRECISIONS
+from optimizers.pruning import PRUNING_METHODS
+from optimizers.quantization import QUANTIZATION_TYPES
+
+from .errors import ConfigError
+
+METRICS = (
+    "latency_ms", "latency_p90_ms", "size_bytes", "compressed_size_bytes", "accuracy",
+    "accuracy_drop", "speedup", "compression_ratio", "peak_memory_bytes", "total_params",
+)
+CONSTRAINT_KEYS = {
+    "max_accuracy_drop": ("accuracy_drop", "max"),
+    "min_accuracy": ("accuracy", "min"),
+    "max_latency_ms": ("latency_ms", "max"),
+    "max_size_bytes": ("size_bytes", "max"),
+    "min_speedup": ("speedup", "min"),
+    "min_compression_ratio": ("compression_ratio", "min"),
+}
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A float range for ``pruning_amount``: ``{low, high, step}``."""
+
+    low: float = Field(ge=0.0, lt=1.0)
+    high: float = Field(ge=0.0, lt=1.0)
+    step: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+
+class SearchSpace(_Strict):
+    """One entry per dimension: a list of choices (or a range for ``pruning_amount``)."""
+
+    pruning_method: list[Literal["none", "magnitude", "random", "global_magnitude", "structured"]] = ["none"]
+    pruning_amount: Range | list[float] = Range(low=0.1, high=0.5, step=0.1)
+    quantization_type: list[Literal["none", "dynamic", "static", "weight_only"]] = ["none"]
+    quantization_bits: list[Literal[4, 8, 16]] = [8]
+    precision: list[Literal["fp32", "fp16", "bf16"]] = ["fp32"]
+    compile: list[bool] = [False]
+
+    @field_validator("pruning_method", "quantization_type", "quantization_bits", "precision", "compile")
+    @classmethod
+    def _non_empty_unique(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("must list at least one choice")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicate choices: {v}")
+        return v
+
+    @field_validator("pruning_amount")
+    @classmethod
+    def _amounts(cls, v: Range | list[float]) -> Range | list[float]:
+        if isinstance(v, list) and (not v or any(not 0.0 < a < 1.0 for a in v)):
+            raise ValueError(f"choices must be in (0, 1); got {v}")
+        return v
+
+
+class Resources(_Strict):
+    cpus_per_trial: float = Field(default=1, gt=0)
+    gpus_per_trial: float = Field(default=0, ge=0)
+
+
+class Measure(_Strict):
+    """Latency measurement: warm-up calls and seconds of timing per model."""
+
+    warmup: int = Field(default=5, ge=0)
+    min_run_time_s: float = Field(default=0.3, gt=0)
+    pin_cores: bool = True
+
+
+class SweepConfig(_Strict):
+    """The whole sweep. See the README's config reference for every key."""
+
+    name: str = Field(min_length=1)
+    model: str
+    example_inputs: str
+    evaluate: str | None = None
+    calibration: str | None = None
+    train_step: str | None = None
+    search: SearchSpace = SearchSpace()
+    objectives: dict[str, Literal["minimize", "maximize"]] = {
+        "latency_ms": "minimize", "size_bytes": "minimize", "accuracy": "maximize",
+    }
+    constraints: dict[str, float] = {}
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    n_trials: int = Field(default=30, ge=1)
+    seed: int = 0
+    workers: int | None = Field(default=None, ge=1)
+    resources: Resources = Resources()
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    trial_timeout_s: float = Field(default=600, gt=0)
+    max_retries: int = Field(default=1, ge=0)
+    out: str = "runs/sweep"
+    storage: str | None = None
+    pruning: dict[str, Any] = {}
+    measure: Measure = Measure()
+
+    @field_validator("model", "example_inputs", "evaluate", "calibration", "train_step")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        if v is not None and not _REF.match(v):
+            raise ValueError(f"must be a 'module:attr' reference; got {v!r}")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("needs at least one objective")
+        for k in v:
+            if k not in METRICS:
+                raise ValueError(f"unknown metric {k!r}; allowed: {', '.join(METRICS)}")
+        return v
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: dict[str, float]) -> dict[str, float]:
+        for k in v:
+            if k not in CONSTRAINT_KEYS:
+                raise ValueError(f"unknown constraint {k!r}; allowed: {', '.join(CONSTRAINT_KEYS)}")
+        return v
+
+    @field_validator("pruning")
+    @classmethod
+    def _pruning(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from optimizers.pruning import PruningConfig
+
+        allowed = {f.name for f in fields(PruningConfig)} - {"method", "amount"}
+        for k in v:
+            if k not in allowed:
+                raise ValueError(f"unknown pruning option {k!r}; allowed: {', '.join(sorted(allowed))}")
+        try:
+            PruningConfig(method="magnitude", amount=0.1, **v)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def directions(self) -> list[str]:
+        return list(self.objectives.values())
+
+
+# Sanity: the literals above must track the optimizers' registries.
+assert set(PRUNING_METHODS) | {"none"} == set(SearchSpace.model_fields["pruning_method"].annotation.__args__[0].__args__)  # type: ignore[union-attr]
+assert set(QUANTIZATION_TYPES) | {"none"} == set(SearchSpace.model_fields["quantization_type"].annotation.__args__[0].__args__)  # type: ignore[union-attr]
+assert set(PRECISIONS) == set(SearchSpace.model_fields["precision"].annotation.__args__[0].__args__)  # type: ignore[union-attr]
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-after", "Range", "list[")))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "literal_error":
+        msg = msg.replace("Input should be", "must be one of")
+    msg = msg.replace("Input should be", "must be")
+    others = {str(e["loc"][0]) for e in exc.errors()} - {str(err["loc"][0])}
+    extra = f" (also invalid: {', '.join(sorted(others))})" if others else ""
+    got = err.get("input")
+    skip = err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) or "got " in msg
+    got_s = "" if skip else f"; got {got!r}"
+    return f"config key '{loc}': {msg}{got_s}{extra}"
+
+
+def parse_config(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Validate a mapping (plus CLI overrides). Raises :class:`ConfigError` with one line."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config must be a mapping of keys; got {type(data).__name__}")
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        return SweepConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> tuple[SweepConfig, Path]:
+    """Read YAML with ``yaml.safe_load``; return the config and its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {str(path)!r} is not valid YAML{where}") from None
+    return parse_config(data or {}, overrides), path.resolve().parent
+
+
+def resolve_out(cfg: SweepConfig, config_dir: Path) -> str:
+    """``out`` relative to the config's folder unless absolute or a URI."""
+    if "://" in cfg.out or os.path.isabs(cfg.out):
+        return cfg.out
+    return str((config_dir / cfg.out).resolve())
+
+
+def redact(url: str | None) -> str | None:
+    """Hide credentials in a storage URL: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
+    if not url or "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def config_json(cfg: SweepConfig) -> str:
+    data = cfg.model_dump(mode="json")
+    data["storage"] = redact(data.get("storage"))
+    return json.dumps(data, sort_keys=True)

@@ -1,0 +1,452 @@
+"""The driver: owns the Optuna study (ask/tell) and the pool of in-flight Ray trials.
+
+Flow per trial: ask → params → recipe → (known-impossible? INFEASIBLE row) → (seen before?
+reuse the result, never measure twice) → dispatch to a free worker → row written atomically →
+tell. Rows are written *before* tell, so a crash between the two is repaired on resume from the
+row. ``n_trials`` is the total number of trial rows the output folder should hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from analysis.schema import BASELINE_TRIAL
+
+from .config import SweepConfig, redact, resolve_out
+from .errors import ConfigError, SweepError
+from .progress import Progress
+from .results import ResultsWriter
+from .space import grid, suggest, to_recipe
+from .trial import TrialSpec, constraint_values
+
+log = logging.getLogger("optsweep")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class SweepSummary:
+    out: str
+    n_rows: int
+    states: dict[str, int]
+    interrupted: bool = False
+    duration_s: float = 0.0
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_storage(cfg: SweepConfig, out: str) -> Any:
+    """Default: Optuna's journal file in OUT (≈3 ms per ask+tell, crash-safe appends)."""
+    if cfg.storage:
+        return cfg.storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(Path(out) / "study.journal")))
+
+
+def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
+    # Constraints reach the samplers through Trial.set_constraint (Optuna 5), see Driver._tell.
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.seed, constant_liar=True, multivariate=True)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed)
+    # grid: the distinct points are enqueued in order; random fills nothing else.
+    return optuna.samplers.RandomSampler(seed=cfg.seed)
+
+
+def _values(row: dict[str, Any], cfg: SweepConfig) -> list[float] | None:
+    vals = []
+    for metric in cfg.objectives:
+        v = row.get(metric)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        vals.append(float(v))
+    return vals
+
+
+def _worst(cfg: SweepConfig) -> list[float]:
+    return [math.inf if d == "minimize" else -math.inf for d in cfg.objectives.values()]
+
+
+class Driver:
+    """Runs one sweep. Construct, then :meth:`run`."""
+
+    def __init__(self, cfg: SweepConfig, config_dir: Path, *, address: str | None = None,
+                 progress: bool | None = None) -> None:
+        self.cfg = cfg
+        self.config_dir = Path(config_dir)
+        self.address = address
+        self.out = resolve_out(cfg, self.config_dir)
+        self.writer = ResultsWriter(self.out, cfg.objectives, cfg.constraints, cfg.name)
+        self.progress = Progress(cfg, enabled=progress)
+        self.study: optuna.Study | None = None
+        self.seen: dict[str, dict[str, Any]] = {}  # recipe key -> row (never measure twice)
+        self.baseline: dict[str, Any] | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _write_manifest(self) -> None:
+        manifest = {
+            "config_dir": str(self.config_dir), "name": self.cfg.name, "model": self.cfg.model,
+            "example_inputs": self.cfg.example_inputs, "evaluate": self.cfg.evaluate,
+            "calibration": self.cfg.calibration, "train_step": self.cfg.train_step,
+            "device": self.cfg.device, "pruning": self.cfg.pruning,
+            "objectives": self.cfg.objectives, "constraints": self.cfg.constraints,
+            "storage": redact(self.cfg.storage), "config": json.loads(_config_json(self.cfg)),
+        }
+        path = Path(self.out) / "sweep.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, path)
+
+    def _open_study(self) -> optuna.Study:
+        directions = self.cfg.directions()
+        try:
+            study = optuna.create_study(storage=make_storage(self.cfg, self.out), sampler=make_sampler(self.cfg),
+                                        study_name=self.cfg.name, directions=directions, load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - storage errors are user-facing
+            raise SweepError(f"cannot open study storage {redact(self.cfg.storage) or self.out}: {exc}") from None
+        stored = [d.name.lower() for d in study.directions]
+        if stored != directions:
+            raise ConfigError(f"config key 'objectives': directions {directions} differ from the existing study's "
+                              f"{stored} in {self.out}; use a new 'out' or 'name'")
+        return study
+
+    def _reconcile(self, study: optuna.Study) -> int:
+        """Resume: repair the study from the rows; fail + re-queue trials a dead driver left."""
+        have = self.writer.existing_trials()
+        self.writer.clean_partials()
+        for ft in study.get_trials(deepcopy=False):
+            if ft.state != TrialState.RUNNING:
+                continue
+            row = self.writer.read(ft.number) if ft.number in have else None
+            if row is not None:
+                self._tell(study, ft.number, row)
+            else:
+                study.tell(ft.number, state=TrialState.FAIL)
+                if ft.params:
+                    study.enqueue_trial(dict(ft.params), user_attrs={"requeued_from": ft.number})
+        for n in sorted(have):
+            row = self.writer.read(n)
+            if row and row["state"] in ("COMPLETE", "INFEASIBLE") and row.get("duplicate_of") is None:
+                self.seen.setdefault(_key_of(row), row)
+        return len(have)
+
+    # -- tell ----------------------------------------------------------------------------------
+    def _tell(self, study: optuna.Study, number: int, row: dict[str, Any]) -> None:
+        state = row["state"]
+        values = _values(row, self.cfg) if state == "COMPLETE" else None
+        if state == "INFEASIBLE":
+            values = _worst(self.cfg)
+        if values is None:
+            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            return
+        if self.cfg.constraints:
+            cons = [1.0] * len(self.cfg.constraints) if state == "INFEASIBLE" else constraint_values(
+                row, self.cfg.constraints)
+            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            trial = optuna.trial.Trial(study, trial_id)
+            for name, value in zip(self.cfg.constraints, cons, strict=True):
+                trial.set_constraint(name, value)
+        study.tell(number, values, skip_if_finished=True)
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> SweepSummary:
+        from . import executor
+
+        t_start = time.perf_counter()
+        self._write_manifest()
+        study = self.study = self._open_study()
+        done = self._reconcile(study)
+        remaining = self.cfg.n_trials - done
+        if self.cfg.sampler == "grid":
+            self._enqueue_grid(study)
+        resources = executor.init_ray(self.address, str(self.config_dir))
+        device = self._device(resources)
+        payload_ref = [self._payload(executor)]
+        refs = {"evaluate": self.cfg.evaluate, "train_step": self.cfg.train_step}
+        cpus, gpus = self.cfg.resources.cpus_per_trial, (self.cfg.resources.gpus_per_trial if device == "cuda" else 0)
+        if device == "cuda" and gpus == 0:
+            gpus = 1
+        capacity = int(resources.get("CPU", 1) // cpus)
+        if gpus:
+            capacity = min(capacity, int(resources.get("GPU", 0) // gpus))
+        if capacity < 1:
+            raise SweepError(f"the cluster cannot hold one trial: needs {cpus} CPU / {gpus} GPU, has {resources}")
+        n_workers = max(1, min(self.cfg.workers or capacity, capacity, max(remaining, 1)))
+        base_spec = TrialSpec(
+            trial_number=0, params={}, study_name=self.cfg.name, device=device,
+            warmup=self.cfg.measure.warmup, min_run_time_s=self.cfg.measure.min_run_time_s,
+            pruning_options=dict(self.cfg.pruning), constraints=dict(self.cfg.constraints),
+            latency_shared=bool(gpus and gpus < 1),
+        )
+        pool = _Pool(executor, n_workers, str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores)
+        interrupted = False
+        self.progress.start(total=self.cfg.n_trials, done=done)
+        old_handler = signal.getsignal(signal.SIGINT)
+        try:
+            self.baseline = self._baseline(pool, payload_ref, base_spec)
+            self.seen.setdefault(_key_of(self.baseline), self.baseline)  # the untouched model is a config too
+            interrupted = self._loop(study, pool, payload_ref, base_spec, remaining)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            signal.signal(signal.SIGINT, old_handler)
+            for number, inflight in list(pool.inflight.items()):
+                study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                study.enqueue_trial(dict(inflight.spec.params), user_attrs={"requeued_from": number})
+            pool.close()
+            self.progress.stop()
+        states = self._states()
+        return SweepSummary(out=self.out, n_rows=sum(states.values()), states=states,
+                            interrupted=interrupted, duration_s=time.perf_counter() - t_start)
+
+    def _device(self, resources: dict[str, float]) -> str:
+        if self.cfg.device == "auto":
+            return "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+        if self.cfg.device == "cuda" and resources.get("GPU", 0) <= 0:
+            raise SweepError("device: cuda, but the Ray cluster has no GPU")
+        return self.cfg.device
+
+    def _payload(self, executor: Any) -> Any:
+        """Build the user's model and data once in the driver; ship it once via the object store."""
+        import ray
+
+        from optimizers._utils import load_callable
+
+        def call(spec: str | None) -> Any:
+            return load_callable(spec, self.config_dir)() if spec else None
+
+        inputs = call(self.cfg.example_inputs)
+        if not isinstance(inputs, (tuple, list)):
+            inputs = (inputs,)
+        calib = call(self.cfg.calibration)
+        calib = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calib] if calib is not None else None
+        return ray.put({"model": call(self.cfg.model).eval(), "example_inputs": tuple(inputs), "calibration": calib})
+
+    def _enqueue_grid(self, study: optuna.Study) -> None:
+        existing = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)}
+        for params in grid(self.cfg.search):
+            if json.dumps(params, sort_keys=True) not in existing:
+                study.enqueue_trial(params)
+
+    def _baseline(self, pool: _Pool, payload_ref: list[Any], spec: TrialSpec) -> dict[str, Any]:
+        row = self.writer.read(BASELINE_TRIAL)
+        if row is None or row["state"] != "COMPLETE":
+            row = pool.run_sync(payload_ref, TrialSpec(**{**spec.__dict__, "trial_number": BASELINE_TRIAL}), None,
+                                self.cfg.trial_timeout_s)
+            self.writer.write(row)
+        if row["state"] != "COMPLETE":
+            raise SweepError(f"the baseline (untouched model) failed: {row.get('error')}")
+        self.progress.baseline(row)
+        return row
+
+    def _loop(self, study: optuna.Study, pool: _Pool, payload_ref: list[Any], base: TrialSpec,
+              remaining: int) -> bool:
+        asked = 0
+        waiting_dups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        inflight_keys: dict[str, int] = {}
+        while True:
+            # Fill free workers; INFEASIBLE and duplicate asks don't take a worker.
+            while asked < remaining and pool.has_free():
+                trial = study.ask()
+                asked += 1
+                params = suggest(trial, self.cfg.search)
+                spec = TrialSpec(**{**base.__dict__, "trial_number": trial.number, "params": params})
+                key = to_recipe(params).key()
+                from optimizers.recipe import check_feasible
+
+                reason = check_feasible(to_recipe(params), base.device)
+                if reason:
+                    self._finish(study, self._infeasible(spec, reason))
+                elif key in self.seen:
+                    self._finish(study, self._duplicate(spec, self.seen[key]))
+                elif key in inflight_keys:
+                    waiting_dups.setdefault(key, []).append((trial.number, params))
+                else:
+                    inflight_keys[key] = trial.number
+                    pool.submit(payload_ref, spec, self.baseline)
+            if not pool.inflight:
+                if asked >= remaining and not waiting_dups:
+                    return False
+                if asked >= remaining:  # only duplicates of nothing left: impossible, but don't spin
+                    return False
+            self.progress.update(running=len(pool.inflight))
+            for row in pool.wait(self.cfg.trial_timeout_s, self.cfg.max_retries, self.baseline):
+                key = _key_of(row)
+                inflight_keys.pop(key, None)
+                self._finish(study, row)
+                if row["state"] in ("COMPLETE", "INFEASIBLE"):
+                    self.seen[key] = row
+                for number, params in waiting_dups.pop(key, []):
+                    spec = TrialSpec(**{**base.__dict__, "trial_number": number, "params": params})
+                    if row["state"] in ("COMPLETE", "INFEASIBLE"):
+                        self._finish(study, self._duplicate(spec, row))
+                    else:  # the original failed: measure this one for real
+                        inflight_keys[key] = number
+                        pool.submit(payload_ref, spec, self.baseline)
+
+    def _finish(self, study: optuna.Study, row: dict[str, Any]) -> None:
+        self.writer.write(row)
+        self._tell(study, int(row["trial_number"]), row)
+        self.progress.trial_done(row)
+
+    def _infeasible(self, spec: TrialSpec, reason: str) -> dict[str, Any]:
+        from .trial import _base_row
+
+        row = _base_row(spec, to_recipe(dict(spec.params)))
+        row.pop("precision_mode", None)
+        row.update(state="INFEASIBLE", error_type="UnsupportedOnDevice", error=reason, device=spec.device,
+                   duration_s=0.0)
+        return row
+
+    def _duplicate(self, spec: TrialSpec, original: dict[str, Any]) -> dict[str, Any]:
+        row = dict(original)
+        row.update(trial_number=spec.trial_number, duplicate_of=original["trial_number"],
+                   params_json=json.dumps(dict(spec.params), sort_keys=True), duration_s=0.0)
+        return row
+
+    def _states(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.writer.existing_trials():
+            row = self.writer.read(n)
+            if row:
+                counts[row["state"]] = counts.get(row["state"], 0) + 1
+        return counts
+
+
+def _key_of(row: dict[str, Any]) -> str:
+    from optimizers.recipe import Recipe
+
+    return Recipe.from_row(row).key()
+
+
+def _config_json(cfg: SweepConfig) -> str:
+    from .config import config_json
+
+    return config_json(cfg)
+
+
+@dataclass
+class _Inflight:
+    ref: Any
+    actor: Any
+    spec: TrialSpec
+    started: float
+
+
+class _Pool:
+    """Worker actors and their in-flight trials; handles timeouts, dead workers and OOM."""
+
+    def __init__(self, executor: Any, n: int, config_dir: str, refs: dict[str, Any], cpus: float, gpus: float,
+                 pin: bool) -> None:
+        self.ex = executor
+        self.args = (config_dir, refs, cpus, gpus, pin)
+        self.free = [executor.make_worker(*self.args) for _ in range(n)]
+        self.inflight: dict[int, _Inflight] = {}
+
+    def has_free(self) -> bool:
+        return bool(self.free)
+
+    def submit(self, payload_ref: list[Any], spec: TrialSpec, baseline: dict[str, Any] | None) -> None:
+        actor = self.free.pop()
+        ref = actor.run.remote(payload_ref, spec, baseline)
+        self.inflight[spec.trial_number] = _Inflight(ref, actor, spec, time.monotonic())
+        self._payload, self._baseline = payload_ref, baseline
+
+    def run_sync(self, payload_ref: list[Any], spec: TrialSpec, baseline: dict[str, Any] | None,
+                 timeout_s: float) -> dict[str, Any]:
+        self.submit(payload_ref, spec, baseline)
+        while True:
+            rows = self.wait(timeout_s, 0, baseline)
+            if rows:
+                return rows[0]
+
+    def wait(self, timeout_s: float, max_retries: int, baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
+        import ray
+
+        if not self.inflight:
+            return []
+        now = time.monotonic()
+        next_deadline = min(f.started + timeout_s for f in self.inflight.values())
+        ready, _ = ray.wait([f.ref for f in self.inflight.values()], num_returns=1,
+                            timeout=max(0.0, min(1.0, next_deadline - now)))
+        rows = []
+        by_ref = {f.ref: n for n, f in self.inflight.items()}
+        for ref in ready:
+            number = by_ref[ref]
+            fl = self.inflight.pop(number)
+            try:
+                rows.append(ray.get(ref))
+                self.free.append(fl.actor)
+            except self.ex.OutOfMemory as exc:
+                self._replace(fl.actor)
+                rows.append(self._fail_row(fl, "OOM", f"worker killed for memory: {str(exc).splitlines()[0]}"))
+            except self.ex.ActorDied as exc:
+                self._replace(fl.actor)
+                if fl.spec.attempts <= max_retries:
+                    from dataclasses import replace
+
+                    spec = replace(fl.spec, attempts=fl.spec.attempts + 1)
+                    self.submit(self._payload, spec, baseline)
+                else:
+                    rows.append(self._fail_row(fl, "WORKER_DIED",
+                                               f"worker process died {fl.spec.attempts} time(s): "
+                                               f"{str(exc).splitlines()[0][:300]}"))
+            except Exception as exc:  # noqa: BLE001 - e.g. deserialization errors: still a row
+                self.free.append(fl.actor)
+                rows.append(self._fail_row(fl, type(exc).__name__, str(exc).splitlines()[0][:500]))
+        now = time.monotonic()
+        for number, fl in list(self.inflight.items()):
+            if now - fl.started > timeout_s:
+                self.inflight.pop(number)
+                ray.kill(fl.actor, no_restart=True)
+                self.free.append(self.ex.make_worker(*self.args))
+                rows.append(self._fail_row(fl, "TIMEOUT", f"trial exceeded trial_timeout_s={timeout_s:g}"))
+        return rows
+
+    def _replace(self, actor: Any) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):  # already dead
+            ray.kill(actor, no_restart=True)
+        self.free.append(self.ex.make_worker(*self.args))
+
+    @staticmethod
+    def _fail_row(fl: _Inflight, error_type: str, error: str) -> dict[str, Any]:
+        from .trial import _base_row
+
+        spec = fl.spec
+        row = _base_row(spec, to_recipe(dict(spec.params)) if spec.params else to_recipe(
+            {"pruning_method": "none", "quantization_type": "none", "precision": "fp32"}))
+        row.pop("precision_mode", None)
+        row.update(state="FAIL", error_type=error_type, error=error, device=spec.device,
+                   duration_s=time.monotonic() - fl.started)
+        return row
+
+    def close(self) -> None:
+        import ray
+
+        for fl in self.inflight.values():
+            ray.kill(fl.actor, no_restart=True)
+        for a in self.free:
+            ray.kill(a, no_restart=True)
+        self.inflight.clear()
+        self.free.clear()
+
+
+def run_sweep(cfg: SweepConfig, config_dir: Path, *, address: str | None = None,
+              progress: bool | None = None) -> SweepSummary:
+    """Run (or resume) the sweep described by ``cfg``; returns counts per state."""
+    return Driver(cfg, config_dir, address=address, progress=progress).run()

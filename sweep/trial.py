@@ -1,0 +1,222 @@
+"""One trial as a plain function: ``spec + context -> record``. No Ray, no Optuna.
+
+The record is a dict whose keys are Parquet columns (``analysis.schema``). Failures are data:
+every exception becomes a FAIL (or INFEASIBLE) record; nothing escapes :func:`run_trial`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import nn
+
+from analysis.schema import BASELINE_TRIAL, SCHEMA_VERSION
+from optimizers import UnsupportedOnDeviceError
+from optimizers._utils import compressed_size_bytes, count_parameters, model_size_bytes
+from optimizers.benchmarking import environment, measure_latency
+from optimizers.recipe import Recipe, apply_recipe
+
+from .config import CONSTRAINT_KEYS
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that defines one trial, as data."""
+
+    trial_number: int
+    params: Mapping[str, Any]
+    study_name: str = "sweep"
+    device: str = "cpu"
+    threads: int = 1
+    warmup: int = 5
+    min_run_time_s: float = 0.3
+    pruning_options: Mapping[str, Any] = field(default_factory=dict)
+    constraints: Mapping[str, float] = field(default_factory=dict)
+    latency_shared: bool = False
+    node_id: str | None = None
+    attempts: int = 1
+
+
+@dataclass
+class TrialContext:
+    """The user's model and data, built once per worker and reused across trials."""
+
+    model: nn.Module
+    example_inputs: tuple[Any, ...]
+    calibration: list[tuple[Any, ...]] | None = None
+    evaluate: Callable[[nn.Module], float] | None = None
+    train_step: Callable[..., Any] | None = None
+    _reference: Any = None
+
+    def reference_outputs(self) -> torch.Tensor:
+        """fp32 outputs of the untouched model on ``example_inputs`` (for fidelity)."""
+        if self._reference is None:
+            with torch.inference_mode():
+                self._reference = _first_tensor(self.model.eval()(*self.example_inputs)).float().cpu()
+        return self._reference  # type: ignore[no-any-return]
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)) and out:
+        return _first_tensor(out[0])
+    raise TypeError(f"model output has no tensor: {type(out).__name__}")
+
+
+def fidelity(model: nn.Module, ctx: TrialContext, device: torch.device) -> float:
+    """Mean per-sample cosine similarity of outputs to the original's (1.0 = identical)."""
+    ref = ctx.reference_outputs()
+    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in ctx.example_inputs)
+    with torch.inference_mode():
+        out = _first_tensor(model(*inputs)).float().cpu()
+    return float(torch.nn.functional.cosine_similarity(
+        out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1), dim=1).mean())
+
+
+def constraint_values(row: Mapping[str, Any], constraints: Mapping[str, float]) -> list[float]:
+    """Optuna's convention: one value per constraint, <= 0 means satisfied. NaN counts as violated."""
+    out = []
+    for key, limit in constraints.items():
+        column, kind = CONSTRAINT_KEYS[key]
+        v = row.get(column)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(1.0)
+            continue
+        out.append(float(v) - limit if kind == "max" else limit - float(v))
+    return out
+
+
+def _base_row(spec: TrialSpec, recipe: Recipe) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "study_name": spec.study_name,
+        "trial_number": spec.trial_number,
+        **recipe.to_dict(),
+        "params_json": json.dumps(dict(spec.params), sort_keys=True),
+        "latency_shared": spec.latency_shared,
+        "node_id": spec.node_id,
+        "attempts": spec.attempts,
+        "started_at": datetime.now(timezone.utc),
+    }
+
+
+def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
+        return "OOM"
+    return type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:500]
+
+
+def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Build, optimize and measure one configuration. Never raises for a trial's own failure."""
+    t0 = time.perf_counter()
+    device = torch.device(spec.device)
+    recipe = _recipe_or_none(spec)
+    row = _base_row(spec, recipe or Recipe())
+    row.pop("precision_mode", None)
+    if recipe is None:
+        return {**row, "state": "INFEASIBLE", "error_type": "InvalidParams",
+                "error": f"invalid parameters {dict(spec.params)}", "duration_s": time.perf_counter() - t0}
+    try:
+        model, info = apply_recipe(
+            ctx.model, recipe, example_inputs=ctx.example_inputs, calibration=ctx.calibration,
+            device=device, pruning_options=spec.pruning_options, evaluate=ctx.evaluate,
+            train_step=ctx.train_step,
+        )
+        row.update(measure(model, ctx, spec, device))
+        pinfo = info.get("pruning", {})
+        row["sparsity"] = pinfo.get("final_sparsity")
+        row["dense_speedup_expected"] = pinfo.get("speedup_expected", True) if pinfo else True
+        row["recovery_s"] = pinfo.get("recovery_s")
+        row["quant_backend"] = info.get("quantization", {}).get("backend")
+        row["state"] = "COMPLETE"
+    except UnsupportedOnDeviceError as exc:
+        row.update(state="INFEASIBLE", error_type=type(exc).__name__, error=one_line(exc))
+    except Exception as exc:  # noqa: BLE001 - the trial boundary: every failure becomes a row
+        row.update(state="FAIL", error_type=_error_type(exc), error=one_line(exc),
+                   traceback=traceback.format_exc(limit=8))
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    row.update(environment(device, spec.threads))
+    row["device"] = str(device)
+    if baseline is not None and row["state"] == "COMPLETE":
+        row.update(derived(row, baseline))
+        violations = constraint_values(row, spec.constraints)
+        row["feasible"] = all(v <= 0 for v in violations)
+        row["constraint_violation"] = float(sum(max(v, 0.0) for v in violations))
+    row["duration_s"] = time.perf_counter() - t0
+    return row
+
+
+def _recipe_or_none(spec: TrialSpec) -> Recipe | None:
+    from .space import to_recipe
+
+    try:
+        return to_recipe(dict(spec.params))
+    except (KeyError, ValueError):
+        return None
+
+
+def measure(model: nn.Module, ctx: TrialContext, spec: TrialSpec, device: torch.device) -> dict[str, Any]:
+    """Latency (median, IQR, p90), size, parameter counts, accuracy, peak memory."""
+    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in ctx.example_inputs)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    lat = measure_latency(model, inputs, threads=spec.threads, warmup=spec.warmup,
+                          min_run_time=spec.min_run_time_s)
+    nonzero, total = count_parameters(model)
+    accuracy = float(ctx.evaluate(model)) if ctx.evaluate else fidelity(model, ctx, device)
+    return {
+        "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms, "latency_p90_ms": lat.p90_ms,
+        "latency_noisy": lat.noisy,
+        "size_bytes": model_size_bytes(model), "compressed_size_bytes": compressed_size_bytes(model),
+        "total_params": total, "nonzero_params": nonzero, "accuracy": accuracy,
+        "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+    }
+
+
+def derived(row: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """Baseline columns and the ratios against it."""
+    def ratio(a: Any, b: Any) -> float | None:
+        return float(a) / float(b) if a is not None and b not in (None, 0) else None
+
+    acc, bacc = row.get("accuracy"), baseline.get("accuracy")
+    return {
+        "baseline_latency_ms": baseline.get("latency_ms"),
+        "baseline_size_bytes": baseline.get("size_bytes"),
+        "baseline_accuracy": bacc,
+        "speedup": ratio(baseline.get("latency_ms"), row.get("latency_ms")),
+        "compression_ratio": ratio(baseline.get("size_bytes"), row.get("size_bytes")),
+        "accuracy_drop": None if acc is None or bacc is None else float(bacc) - float(acc),
+    }
+
+
+def run_baseline(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
+    """The untouched model, measured once per sweep (``trial_number == -1``)."""
+    base_spec = TrialSpec(**{**spec.__dict__, "trial_number": BASELINE_TRIAL,
+                             "params": {"pruning_method": "none", "quantization_type": "none",
+                                        "precision": "fp32", "compile": False}})
+    row = run_trial(base_spec, ctx, baseline=None)
+    if row["state"] == "COMPLETE":
+        row.update(derived(row, row))
+        row["feasible"] = True
+        row["constraint_violation"] = 0.0
+    return row
