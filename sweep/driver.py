@@ -84,8 +84,9 @@ class Driver:
     """Runs one sweep. Construct, then :meth:`run`."""
 
     def __init__(self, cfg: SweepConfig, config_dir: Path, *, address: str | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, worker_cls: type | None = None) -> None:
         self.cfg = cfg
+        self.worker_cls = worker_cls
         self.config_dir = Path(config_dir)
         self.address = address
         self.out = resolve_out(cfg, self.config_dir)
@@ -191,7 +192,8 @@ class Driver:
             pruning_options=dict(self.cfg.pruning), constraints=dict(self.cfg.constraints),
             latency_shared=bool(gpus and gpus < 1),
         )
-        pool = _Pool(executor, n_workers, str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores)
+        pool = _Pool(executor, n_workers, (str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores,
+                                           self.worker_cls or executor.TrialWorker))
         interrupted = False
         self.progress.start(total=self.cfg.n_trials, done=done)
         old_handler = signal.getsignal(signal.SIGINT)
@@ -300,7 +302,7 @@ class Driver:
     def _finish(self, study: optuna.Study, row: dict[str, Any]) -> None:
         self.writer.write(row)
         self._tell(study, int(row["trial_number"]), row)
-        self.progress.trial_done(row)
+        self.progress.trial_done(row)  # duplicates say "same as trial N"
 
     def _infeasible(self, spec: TrialSpec, reason: str) -> dict[str, Any]:
         from .trial import _base_row
@@ -349,10 +351,9 @@ class _Inflight:
 class _Pool:
     """Worker actors and their in-flight trials; handles timeouts, dead workers and OOM."""
 
-    def __init__(self, executor: Any, n: int, config_dir: str, refs: dict[str, Any], cpus: float, gpus: float,
-                 pin: bool) -> None:
+    def __init__(self, executor: Any, n: int, args: tuple[Any, ...]) -> None:
         self.ex = executor
-        self.args = (config_dir, refs, cpus, gpus, pin)
+        self.args = args  # make_worker(config_dir, refs, cpus, gpus, pin, worker_cls)
         self.free = [executor.make_worker(*self.args) for _ in range(n)]
         self.inflight: dict[int, _Inflight] = {}
 
@@ -447,6 +448,6 @@ class _Pool:
 
 
 def run_sweep(cfg: SweepConfig, config_dir: Path, *, address: str | None = None,
-              progress: bool | None = None) -> SweepSummary:
+              progress: bool | None = None, worker_cls: type | None = None) -> SweepSummary:
     """Run (or resume) the sweep described by ``cfg``; returns counts per state."""
-    return Driver(cfg, config_dir, address=address, progress=progress).run()
+    return Driver(cfg, config_dir, address=address, progress=progress, worker_cls=worker_cls).run()

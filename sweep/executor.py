@@ -112,10 +112,11 @@ class TrialWorker:
 
 
 def make_worker(config_dir: str, refs: Mapping[str, str | None], cpus: float, gpus: float,
-                pin: bool) -> Any:
-    """Start one worker actor with the trial's resources."""
-    remote = ray.remote(TrialWorker)
-    return remote.options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_concurrency=1).remote(
+                pin: bool, worker_cls: type = TrialWorker, resources: Mapping[str, float] | None = None) -> Any:
+    """Start one worker actor with the trial's resources (``worker_cls`` lets benches swap the trial)."""
+    remote = ray.remote(worker_cls)
+    return remote.options(num_cpus=cpus, num_gpus=gpus, resources=dict(resources or {}), max_restarts=0,
+                          max_concurrency=1).remote(
         config_dir, dict(refs), max(1, int(cpus)), pin)
 
 

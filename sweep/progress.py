@@ -78,6 +78,8 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         detail = row.get("error") if row["state"] != "COMPLETE" else (
             f"latency {row.get('latency_ms', float('nan')):.3f} ms acc {row.get('accuracy', float('nan')):.4f}")
+        if row.get("duplicate_of") is not None:
+            detail = f"same configuration as trial {row['duplicate_of']}: not re-measured"
         self._log(f"trial {row['trial_number']} {row['state']} ({self.done}/{self.total}, eta {eta:.0f}s): "
                   f"{row.get('pruning_method')}/{row.get('quantization_type')}/{row.get('precision')} {detail}")
 
