@@ -250,13 +250,38 @@ def _prune_all_heads(model: nn.Module, config: PruningConfig
 # --------------------------------------------------------------------------- channels
 
 
-def _output_modules(dg: Any) -> list[nn.Module]:
-    """Layers whose output channels reach the model output without crossing a Linear/Conv."""
+def _protected_modules(dg: Any, leaves: Inputs) -> list[nn.Module]:
+    """Layers whose output channels are tied to the model's outputs or inputs.
+
+    Output side: walk back from the graph's terminal nodes through channel-preserving ops (add,
+    activation, flatten, norm...) to the first Linear/Conv/Embedding: the classifier head, or
+    every writer to a transformer's residual stream. Input side: an op that mixes a raw model
+    input with a layer's output (``x + f(x)``) ties that layer's channels to the input width,
+    which the graph does not see, since the input is not a module.
+    """
     from torch_pruning import ops
 
     stop = {ops.OPTYPE.CONV, ops.OPTYPE.LINEAR, ops.OPTYPE.EMBED, ops.OPTYPE.MHA,
             ops.OPTYPE.LSTM, ops.OPTYPE.DEPTHWISE_CONV, ops.OPTYPE.PARAMETER}
-    stack = [n for n in dg.module2node.values() if not n.outputs]
+    nodes = list(dg.module2node.values())
+    leaf_ids = {id(t) for t in leaves}
+
+    def reads_input(node: Any) -> bool:
+        nexts = getattr(node.grad_fn, "next_functions", ()) or ()
+        return any(f is not None and id(getattr(f, "variable", None)) in leaf_ids
+                   for f, _ in nexts)
+
+    # Nodes whose channels are those of a model input: its direct consumers and what follows
+    # them through channel-preserving ops.
+    seeds = [n for n in nodes if n.type not in stop and reads_input(n)]
+    tied: dict[int, Any] = {}
+    while seeds:
+        node = seeds.pop()
+        if id(node) in tied or node.type in stop:
+            continue
+        tied[id(node)] = node
+        seeds.extend(node.outputs)
+    stack = [n for n in nodes if not n.outputs] + list(tied.values())
     seen: set[int] = set()
     found: list[nn.Module] = []
     while stack:
@@ -284,8 +309,10 @@ def _prune_channels(model: nn.Module, config: PruningConfig, inputs: Inputs,
         ignored += [s.q, s.k, s.v]
     owner_ignored = {id(p) for m in ignored for p in m.parameters()}
 
+    # Float inputs require grad so the trace shows where they meet layer outputs.
+    leaves = tuple(t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=leaves)
     except Exception as exc:  # noqa: BLE001 - whatever the tracer trips on is unsupported
         raise UnsupportedArchitectureError(
             f"structured pruning could not trace the model: {type(exc).__name__}: {exc}"
@@ -300,7 +327,7 @@ def _prune_channels(model: nn.Module, config: PruningConfig, inputs: Inputs,
                 f"(shape {tuple(up.parameters.shape)}) is used outside a standard layer, so its "
                 f"coupling to other channels is unknown; add {layer!r} to "
                 "PruningConfig.ignored_layers only if it does not touch pruned channels")
-    ignored += _output_modules(dg)
+    ignored += _protected_modules(dg, leaves)
     if config.amount == 0 and not any((config.layer_amounts or {}).values()):
         return
 
