@@ -81,6 +81,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("cpu_affinity", pa.string(), "cores the measurement was pinned to, e.g. '0' or '0-1'"),
     ("torch_version", pa.string(), "torch.__version__"),
     ("quantized_engine", pa.string(), "torch.backends.quantized.engine"),
+    ("cpu_capability", pa.string(), "torch's CPU kernel level (AVX2, AVX512, ...)"),
     ("attempts", pa.int64(), "executions, counting retries after a worker died"),
     ("started_at", pa.timestamp("us", tz="UTC"), "wall-clock start"),
     ("duration_s", pa.float64(), "wall time of the trial, build to last measurement"),
