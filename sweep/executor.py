@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import sys
@@ -21,6 +22,7 @@ import ray
 
 from optimizers.benchmarking import _ranges
 
+log = logging.getLogger("optsweep")
 CORE_LOCK_DIR = os.environ.get("OPTSWEEP_CORE_LOCK_DIR", "/tmp/optsweep-cores")
 
 
@@ -97,6 +99,11 @@ class TrialWorker:
             self._ctx_id = key
         return self.ctx
 
+    def prepare(self, payload_ref: list[Any]) -> dict[str, Any]:
+        """Fetch the model and data now, so start-up is not charged to the first trial's timeout."""
+        self._context(payload_ref)
+        return self.info()
+
     def run(self, payload_ref: list[Any], spec: Any, baseline: Mapping[str, Any] | None) -> dict[str, Any]:
         import dataclasses
 
@@ -120,15 +127,75 @@ def make_worker(config_dir: str, refs: Mapping[str, str | None], cpus: float, gp
         config_dir, dict(refs), max(1, int(cpus)), pin)
 
 
+LOOPBACK = "127.0.0.1"
+CPU_NODE_RESOURCE = "optsweep_cpu"
+"""Custom resource an operator puts on CPU-only nodes (``ray start --resources '{"optsweep_cpu": N}'``).
+
+When the cluster advertises it, CPU trials ask for it, so they never take cores on a GPU node."""
+
+
+def trial_resources(cluster: Mapping[str, float], cpus: float, gpus: float,
+                    custom: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Custom Ray resources one trial's worker asks for (``num_cpus``/``num_gpus`` are separate).
+
+    GPU trials are routed by ``num_gpus`` alone. CPU trials ask for :data:`CPU_NODE_RESOURCE`
+    (one unit per CPU) when the cluster has CPU-labelled nodes; otherwise any node will do.
+    ``custom`` (the config's ``resources.custom``) is added as given.
+
+    >>> trial_resources({"CPU": 8, "GPU": 1, "optsweep_cpu": 4}, 1, 0)
+    {'optsweep_cpu': 1.0}
+    >>> trial_resources({"CPU": 8, "GPU": 1, "optsweep_cpu": 4}, 1, 0.5)
+    {}
+    """
+    out = {k: float(v) for k, v in (custom or {}).items()}
+    if not gpus and cluster.get(CPU_NODE_RESOURCE, 0) > 0:
+        out.setdefault(CPU_NODE_RESOURCE, float(cpus))
+    return out
+
+
+def _in_ray_job() -> bool:
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    return RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ
+
+
+def _single_host_ray() -> None:
+    """Keep a private Ray on loopback.
+
+    Ray resolves a loopback ``node_ip_address`` to the machine's external IP, and its servers
+    (GCS, raylet, dashboard and runtime-env agents, workers) then listen on every interface.
+    Its single-host mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read at import, hence also
+    set on the imported constant) keeps the node IP, and so every listener, on 127.0.0.1.
+    Child processes inherit the variable.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(address: str | None, config_dir: str) -> dict[str, float]:
-    """Connect to ``address`` or start a private local Ray (no dashboard, loopback only)."""
+    """Connect to ``address`` or start a private local Ray (no dashboard, loopback only).
+
+    The local Ray's node IP is ``OPTSWEEP_BIND_HOST`` (default ``127.0.0.1``); anything else
+    is logged as a warning, since a Ray node accepts code from whoever can reach it. Inside a
+    Ray job (``optsweep submit``) the job's runtime env (working dir, ``py_modules``) already
+    reaches every worker, so no driver-level runtime env is added.
+    """
     if not ray.is_initialized():
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join([config_dir, os.environ.get("PYTHONPATH", "")])}}
         if address:
-            ray.init(address=address, runtime_env=env, log_to_driver=False, configure_logging=False)
+            runtime_env = None if _in_ray_job() else env
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
         else:
+            host = os.environ.get("OPTSWEEP_BIND_HOST", LOOPBACK)
+            if host not in (LOOPBACK, "localhost", "::1"):
+                log.warning("OPTSWEEP_BIND_HOST=%s: the local Ray node is reachable from the network; "
+                            "anyone who can reach it can run code as you", host)
+            if host in (LOOPBACK, "localhost", "::1"):
+                _single_host_ray()
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, runtime_env=env, _node_ip_address="127.0.0.1")
+                     configure_logging=False, runtime_env=env, _node_ip_address=host)
     return dict(ray.cluster_resources())
 
 
