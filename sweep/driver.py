@@ -192,8 +192,9 @@ class Driver:
             pruning_options=dict(self.cfg.pruning), constraints=dict(self.cfg.constraints),
             latency_shared=bool(gpus and gpus < 1),
         )
+        custom = executor.trial_resources(resources, cpus, gpus, self.cfg.resources.custom)
         pool = _Pool(executor, n_workers, (str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores,
-                                           self.worker_cls or executor.TrialWorker))
+                                           self.worker_cls or executor.TrialWorker, custom))
         interrupted = False
         self.progress.start(total=self.cfg.n_trials, done=done)
         old_handler = signal.getsignal(signal.SIGINT)
@@ -353,7 +354,7 @@ class _Pool:
 
     def __init__(self, executor: Any, n: int, args: tuple[Any, ...]) -> None:
         self.ex = executor
-        self.args = args  # make_worker(config_dir, refs, cpus, gpus, pin, worker_cls)
+        self.args = args  # make_worker(config_dir, refs, cpus, gpus, pin, worker_cls, resources)
         self.free = [executor.make_worker(*self.args) for _ in range(n)]
         self.inflight: dict[int, _Inflight] = {}
 
