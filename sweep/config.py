@@ -85,8 +85,19 @@ class SearchSpace(_Strict):
 
 
 class Resources(_Strict):
+    """Per-trial Ray resources. ``custom``: extra Ray resources, e.g. ``{fast_nic: 1}``."""
+
     cpus_per_trial: float = Field(default=1, gt=0)
     gpus_per_trial: float = Field(default=0, ge=0)
+    custom: dict[str, float] = {}
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: a for k, a in v.items() if a <= 0 or k in ("CPU", "GPU", "memory")}
+        if bad:
+            raise ValueError(f"amounts must be > 0 and names not CPU/GPU/memory; got {bad}")
+        return v
 
 
 class Measure(_Strict):
