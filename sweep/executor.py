@@ -104,6 +104,11 @@ class TrialWorker:
         self._context(payload_ref)
         return self.info()
 
+    def prepare(self, payload_ref: list[Any]) -> dict[str, Any]:
+        """Fetch the model and data now (start-up is not trial time); returns :meth:`info`."""
+        self._context(payload_ref)
+        return self.info()
+
     def run(self, payload_ref: list[Any], spec: Any, baseline: Mapping[str, Any] | None) -> dict[str, Any]:
         import dataclasses
 
