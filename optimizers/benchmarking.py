@@ -49,6 +49,35 @@ class LatencyStats:
         """IQR / median."""
         return self.iqr_ms / self.median_ms if self.median_ms else float("nan")
 
+    @classmethod
+    def from_times_ms(
+        cls, times_ms: Sequence[float] | np.ndarray, *, calls_per_sample: int = 1, threads: int = 1
+    ) -> LatencyStats:
+        """Robust statistics of per-call times in milliseconds (one entry per timed block).
+
+        >>> LatencyStats.from_times_ms([1.0, 1.0, 1.0, 1.0]).noisy
+        False
+        """
+        times = np.asarray(times_ms, dtype=float)
+        if times.size == 0:
+            raise ValueError("LatencyStats.from_times_ms needs at least one time; got none")
+        q1, med, q3, p90 = np.percentile(times, [25, 50, 75, 90])
+        iqr = float(q3 - q1)
+        return cls(
+            median_ms=float(med), p90_ms=float(p90), iqr_ms=iqr, mean_ms=float(times.mean()),
+            n_samples=int(times.size), calls_per_sample=calls_per_sample, threads=threads,
+            noisy=is_noisy(float(med), iqr),
+        )
+
+
+def is_noisy(median_ms: float, iqr_ms: float, threshold: float = NOISY_IQR_RATIO) -> bool:
+    """A measurement is noisy when its IQR exceeds ``threshold`` (10%) of its median.
+
+    >>> is_noisy(10.0, 1.0), is_noisy(10.0, 1.5)
+    (False, True)
+    """
+    return bool(median_ms > 0 and iqr_ms / median_ms > threshold)
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -91,13 +120,8 @@ def measure_latency(
             m = timer.blocked_autorange(min_run_time=min_run_time)
     finally:
         torch.set_num_threads(prev)
-    times = np.asarray(m.times) * 1e3
-    q1, med, q3, p90 = np.percentile(times, [25, 50, 75, 90])
-    iqr = float(q3 - q1)
-    return LatencyStats(
-        median_ms=float(med), p90_ms=float(p90), iqr_ms=iqr, mean_ms=float(times.mean()),
-        n_samples=len(times), calls_per_sample=int(m.number_per_run), threads=threads,
-        noisy=bool(med > 0 and iqr / med > NOISY_IQR_RATIO),
+    return LatencyStats.from_times_ms(
+        np.asarray(m.times) * 1e3, calls_per_sample=int(m.number_per_run), threads=threads
     )
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._utils import clone_model, model_device
-from .errors import check_choice
+from .errors import UnsupportedArchitectureError, check_choice
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -44,6 +44,15 @@ def device_supports(dtype: torch.dtype, device: torch.device | str) -> tuple[boo
         ok = bool(mkldnn is not None and torch.ops.mkldnn._is_mkldnn_fp16_supported())
         return ok, "CPU has native fp16 (AMX-FP16/AVX512-FP16)" if ok else "CPU fp16 is emulated"
     return False, f"unknown device type {device.type!r}"
+
+
+def _is_torch_ao_quantized(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.ao.nn.quantized")
+
+
+def _inputs_to_fp32(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    # torch.ao quantized kernels accept only fp32 activations; autocast does not know them.
+    return tuple(_cast_floats(a, torch.float32) for a in args)
 
 
 def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
@@ -84,6 +93,16 @@ class MixedPrecisionWrapper(nn.Module):
         self.device_type = model_device(module).type
         self.fallback: str | None = None
         self.dtype = self._choose(dtype, strict)
+        quantized = [n for n, m in module.named_modules() if _is_torch_ao_quantized(m)]
+        if quantized and self.dtype != torch.float32:
+            if not use_auto_cast:
+                raise UnsupportedArchitectureError(
+                    f"cannot cast torch.ao quantized module {quantized[0]!r} to {self.dtype}: its "
+                    "kernels take fp32 activations; use use_auto_cast=True"
+                )
+            for m in module.modules():
+                if _is_torch_ao_quantized(m):
+                    m.register_forward_pre_hook(_inputs_to_fp32)
         if not use_auto_cast and self.dtype != torch.float32:
             self.module.to(self.dtype)
 

@@ -27,6 +27,7 @@ PRUNING_METHODS = ("magnitude", "random", "global_magnitude", "structured")
 IMPORTANCE = ("l1", "l2", "random")
 RECOVERY_LOSSES = ("mse", "cosine")
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_MHA_ALIASES = {"weight": ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")}
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,17 @@ class ModelPruner:
         ignored = set(self.config.ignored_layers)
         out = []
         for name, module in model.named_modules():
-            if not isinstance(module, _PRUNABLE) or name in ignored:
+            if name in ignored:
                 continue
-            for dim in self.config.pruning_dims:
+            if isinstance(module, _PRUNABLE):
+                dims: tuple[str, ...] = self.config.pruning_dims
+            elif isinstance(module, nn.MultiheadAttention):
+                # MHA keeps its q/k/v projection as a raw parameter, not an nn.Linear: map
+                # "weight" onto it so attention is pruned like every other projection.
+                dims = tuple(d for p in self.config.pruning_dims for d in _MHA_ALIASES.get(p, (p,)))
+            else:
+                continue
+            for dim in dims:
                 if isinstance(getattr(module, dim, None), nn.Parameter):
                     out.append((module, dim, name))
         return out

@@ -70,6 +70,8 @@ class QuantizationConfig:
             check_choice(owner, "bits", 16, ALLOWED_BITS[self.quantization_type])
         check_choice(owner, "backend", self.backend, BACKENDS)
         check_choice(owner, "engine", self.engine, ENGINES)
+        if self.quantization_type == "weight_only":
+            check_choice(owner, "backend (weight_only is torchao-only)", self.backend, ("auto", "torchao"))
         if not self.quantize_weights:
             raise ConfigError(f"{owner}.quantize_weights must be True: every path quantizes weights")
         if self.quantization_type == "static":

@@ -107,6 +107,9 @@ def check_feasible(recipe: Recipe, device: torch.device | str) -> str | None:
         ok, reason = device_supports(PRECISIONS[recipe.precision], device)
         if not ok:
             return reason
+    if (recipe.precision != "fp32" and recipe.precision_mode == "cast" and qt in ("static", "dynamic")
+            and device.type == "cpu"):
+        return "precision_mode 'cast' cannot cast torch.ao quantized modules (fp32 activations only)"
     if recipe.compile and qt in ("static", "dynamic") and device.type == "cpu":
         return "torch.compile cannot trace torch.ao quantized modules (packed params)"
     return None

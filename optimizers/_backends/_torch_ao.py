@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..errors import UnsupportedOnDeviceError
+from ..errors import UnsupportedArchitectureError, UnsupportedOnDeviceError
 
 
 def available() -> bool:
@@ -50,7 +50,23 @@ def quantize_dynamic(model: nn.Module, *, bits: int, per_channel: bool, engine: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q = _qd(model, {nn.Linear: qconfig, nn.LSTM: qconfig, nn.GRU: qconfig}, dtype=dtype, inplace=True)
+    _disable_encoder_fastpath(q)
     return q, engine
+
+
+def _disable_encoder_fastpath(model: nn.Module) -> None:
+    """Keep quantized ``TransformerEncoderLayer``s off PyTorch's fused fast path.
+
+    In eval mode that path reads ``linear1.weight.device``; on a quantized linear ``weight`` is a
+    method, so the layer would crash. ``activation_relu_or_gelu`` is read only by the fast-path
+    checks and the fused kernel call, so zeroing it routes the layer through the regular
+    (quantized-module) forward without changing its math.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and any(
+            type(sub).__module__.startswith("torch.ao.nn.quantized") for sub in m.modules()
+        ):
+            m.activation_relu_or_gelu = 0
 
 
 def quantize_static(
@@ -78,7 +94,7 @@ def quantize_static(
         try:
             prepared = prepare_fx(model.eval(), qmap, example_inputs)
         except Exception as exc:  # symbolic tracing failed: the model is not FX-traceable
-            raise UnsupportedOnDeviceError(
+            raise UnsupportedArchitectureError(
                 f"static quantization needs an FX-traceable model: {type(exc).__name__}: {str(exc).splitlines()[0]}"
             ) from exc
         n = 0
