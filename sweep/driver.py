@@ -194,7 +194,7 @@ class Driver:
         )
         custom = executor.trial_resources(resources, cpus, gpus, self.cfg.resources.custom)
         pool = _Pool(executor, n_workers, (str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores,
-                                           self.worker_cls or executor.TrialWorker, custom))
+                                           self.worker_cls or executor.TrialWorker, custom), payload_ref)
         interrupted = False
         self.progress.start(total=self.cfg.n_trials, done=done)
         old_handler = signal.getsignal(signal.SIGINT)
@@ -352,11 +352,21 @@ class _Inflight:
 class _Pool:
     """Worker actors and their in-flight trials; handles timeouts, dead workers and OOM."""
 
-    def __init__(self, executor: Any, n: int, args: tuple[Any, ...]) -> None:
+    def __init__(self, executor: Any, n: int, args: tuple[Any, ...], payload_ref: list[Any]) -> None:
         self.ex = executor
         self.args = args  # make_worker(config_dir, refs, cpus, gpus, pin, worker_cls, resources)
-        self.free = [executor.make_worker(*self.args) for _ in range(n)]
+        self._payload = payload_ref
         self.inflight: dict[int, _Inflight] = {}
+        self.free: list[Any] = []
+        self._start(n)
+
+    def _start(self, n: int) -> None:
+        """Start ``n`` workers and wait until each holds the model: start-up is not trial time."""
+        import ray
+
+        actors = [self.ex.make_worker(*self.args) for _ in range(n)]
+        ray.get([a.prepare.remote(self._payload) for a in actors])
+        self.free.extend(actors)
 
     def has_free(self) -> bool:
         return bool(self.free)
@@ -365,7 +375,6 @@ class _Pool:
         actor = self.free.pop()
         ref = actor.run.remote(payload_ref, spec, baseline)
         self.inflight[spec.trial_number] = _Inflight(ref, actor, spec, time.monotonic())
-        self._payload, self._baseline = payload_ref, baseline
 
     def run_sync(self, payload_ref: list[Any], spec: TrialSpec, baseline: dict[str, Any] | None,
                  timeout_s: float) -> dict[str, Any]:
@@ -414,7 +423,7 @@ class _Pool:
             if now - fl.started > timeout_s:
                 self.inflight.pop(number)
                 ray.kill(fl.actor, no_restart=True)
-                self.free.append(self.ex.make_worker(*self.args))
+                self._start(1)
                 rows.append(self._fail_row(fl, "TIMEOUT", f"trial exceeded trial_timeout_s={timeout_s:g}"))
         return rows
 
@@ -423,7 +432,7 @@ class _Pool:
 
         with contextlib.suppress(Exception):  # already dead
             ray.kill(actor, no_restart=True)
-        self.free.append(self.ex.make_worker(*self.args))
+        self._start(1)
 
     @staticmethod
     def _fail_row(fl: _Inflight, error_type: str, error: str) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""End-to-end sweeps on a real local Ray: rows, failures, dedup and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sweep.config import parse_config
+from sweep.driver import run_sweep
+
+pytestmark = pytest.mark.ray
+MODELS = Path(__file__).parent / "sweep_models"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():  # type: ignore[no-untyped-def]
+    import ray
+
+    from sweep.executor import init_ray
+
+    init_ray(None, str(MODELS))
+    yield
+    ray.shutdown()
+
+
+def config(tmp_path: Path, **over):  # type: ignore[no-untyped-def]
+    data = {
+        "name": "t", "model": "tiny:model", "example_inputs": "tiny:example_inputs", "evaluate": "tiny:evaluate",
+        "calibration": "tiny:calibration",
+        "search": {"pruning_method": ["none", "magnitude"], "pruning_amount": [0.5],
+                   "quantization_type": ["none", "dynamic"], "quantization_bits": [8],
+                   "precision": ["fp32", "bf16"]},
+        "n_trials": 6, "sampler": "grid", "workers": 2, "trial_timeout_s": 60, "out": str(tmp_path / "out"),
+        "measure": {"warmup": 1, "min_run_time_s": 0.02},
+    }
+    data.update(over)
+    return parse_config(data)
+
+
+def rows(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "results")
+
+
+def test_sweep_runs_to_n_trials_with_columns(tmp_path: Path) -> None:
+    cfg = config(tmp_path, sampler="tpe", n_trials=8, constraints={"max_accuracy_drop": 0.05})
+    summary = run_sweep(cfg, MODELS, progress=False)
+    df = rows(tmp_path / "out")
+    trials = df[df.trial_number >= 0]
+    assert len(trials) == 8 and trials.trial_number.is_unique
+    assert (df.trial_number == -1).sum() == 1
+    assert summary.n_rows == 8
+    done = trials[trials.state == "COMPLETE"]
+    assert len(done) >= 1
+    assert (done.baseline_latency_ms > 0).all() and done.speedup.notna().all() and done.feasible.notna().all()
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(next((tmp_path / "out" / "results").glob("trial-*.parquet"))).metadata
+    assert b"optsweep.objectives" in meta and b"latency_ms" in meta[b"optsweep.objectives"]
+    assert (tmp_path / "out" / "sweep.json").exists()
+
+
+def test_identical_configurations_are_not_remeasured(tmp_path: Path) -> None:
+    # 'none' pruning in a 2-point space: random sampling must repeat configurations.
+    cfg = config(tmp_path, sampler="random", n_trials=8,
+                 search={"pruning_method": ["none"], "quantization_type": ["none", "dynamic"],
+                         "quantization_bits": [8], "precision": ["fp32"]})
+    run_sweep(cfg, MODELS, progress=False)
+    df = rows(tmp_path / "out")
+    trials = df[df.trial_number >= 0]
+    measured = trials[trials.duplicate_of.isna()]
+    assert len(trials) == 8
+    keys = measured.quantization_type.tolist()
+    assert len(keys) == len(set(keys))  # each distinct config measured once
+    dups = trials[trials.duplicate_of.notna()]
+    assert len(dups) >= 1
+    for _, d in dups.iterrows():
+        orig = df[df.trial_number == d.duplicate_of].iloc[0]
+        assert d.latency_ms == orig.latency_ms and d.quantization_type == orig.quantization_type
+
+
+def test_raise_hang_and_dead_worker_are_rows_and_sweep_finishes(tmp_path: Path) -> None:
+    cfg = config(tmp_path, evaluate="tiny:evaluate_chaos", n_trials=8, trial_timeout_s=8, max_retries=1)
+    summary = run_sweep(cfg, MODELS, progress=False)
+    df = rows(tmp_path / "out")
+    trials = df[df.trial_number >= 0]
+    assert len(trials) == 8 and not summary.interrupted
+    errs = set(trials.error_type.dropna())
+    assert {"ValueError", "TIMEOUT", "WORKER_DIED"} <= errs, trials[["state", "error_type", "error"]]
+    died = trials[trials.error_type == "WORKER_DIED"]
+    assert (died.attempts == 2).all()  # retried once, then recorded
+    assert (trials.state == "COMPLETE").sum() >= 1
+
+
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg_path = tmp_path / "sweep.yaml"
+    data = {
+        "name": "resume", "model": "tiny:model", "example_inputs": "tiny:example_inputs",
+        "evaluate": "tiny:evaluate",
+        "search": {"pruning_method": ["none", "magnitude", "random"], "pruning_amount": {"low": 0.1, "high": 0.9,
+                                                                                          "step": 0.1},
+                   "precision": ["fp32", "bf16"]},
+        "n_trials": 12, "sampler": "random", "workers": 1, "out": str(out),
+        "measure": {"warmup": 1, "min_run_time_s": 0.3},
+    }
+    cfg_path.write_text(yaml.safe_dump(data))
+    (tmp_path / "tiny.py").write_text((MODELS / "tiny.py").read_text())
+    cmd = [sys.executable, "-m", "sweep.cli", "run", str(cfg_path), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        n = len(list((out / "results").glob("trial-*.parquet"))) if (out / "results").exists() else 0
+        if n >= 3:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep
+    proc.wait()
+    partial = len(list((out / "results").glob("trial-*.parquet")))
+    assert 3 <= partial < 12
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = rows(out)
+    trials = df[df.trial_number >= 0]
+    assert len(trials) == 12 and trials.trial_number.is_unique
+    assert (df.trial_number == -1).sum() == 1
+    for f in (out / "results").glob("*.parquet"):
+        pd.read_parquet(f)  # every visible file is complete
