@@ -100,11 +100,6 @@ class TrialWorker:
         return self.ctx
 
     def prepare(self, payload_ref: list[Any]) -> dict[str, Any]:
-        """Fetch the model and data now, so start-up is not charged to the first trial's timeout."""
-        self._context(payload_ref)
-        return self.info()
-
-    def prepare(self, payload_ref: list[Any]) -> dict[str, Any]:
         """Fetch the model and data now (start-up is not trial time); returns :meth:`info`."""
         self._context(payload_ref)
         return self.info()
