@@ -31,7 +31,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -96,7 +96,7 @@ def enable_token_auth_if_available() -> bool:
         return False
     os.environ["RAY_AUTH_MODE"] = "token"
     try:  # Ray caches its config at import; refresh it, as Ray's own CLI does
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
     except (ImportError, AttributeError):
@@ -190,10 +190,8 @@ def build_submission(config: Path, *, out: str | None = None, working_dir: Path 
     env["working_dir"] = str(work)
     excludes = list(env.get("excludes", [])) + [".git", "__pycache__", "*.pyc"]
     if "://" not in resolved_out:
-        try:  # never upload the results themselves
+        with suppress(ValueError):  # never upload the results themselves
             excludes.append("/" + str(Path(resolved_out).resolve().relative_to(work)))
-        except ValueError:
-            pass
     env["excludes"] = excludes
     if ship_code:
         env["py_modules"] = list(env.get("py_modules", [])) + package_dirs()

@@ -121,7 +121,7 @@ class TrialWorker:
 def make_worker(config_dir: str, refs: Mapping[str, str | None], cpus: float, gpus: float,
                 pin: bool, worker_cls: type = TrialWorker, resources: Mapping[str, float] | None = None) -> Any:
     """Start one worker actor with the trial's resources (``worker_cls`` lets benches swap the trial)."""
-    remote = ray.remote(worker_cls)
+    remote: Any = ray.remote(worker_cls)
     return remote.options(num_cpus=cpus, num_gpus=gpus, resources=dict(resources or {}), max_restarts=0,
                           max_concurrency=1).remote(
         config_dir, dict(refs), max(1, int(cpus)), pin)
