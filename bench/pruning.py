@@ -18,9 +18,9 @@ label-free cosine distillation from the dense model on calibration sentences).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
