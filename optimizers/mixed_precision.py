@@ -47,7 +47,7 @@ def device_supports(dtype: torch.dtype, device: torch.device | str) -> tuple[boo
 
 
 def _is_torch_ao_quantized(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("torch.ao.nn.quantized")
+    return any(c.__module__.startswith("torch.ao.nn.quantized") for c in type(module).__mro__)
 
 
 def _inputs_to_fp32(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -46,6 +46,9 @@ class QuantizationConfig:
         per_channel: per-output-channel weight scales (more accurate, same speed).
         backend: ``auto`` (see the table in :mod:`optimizers._backends`), ``torch.ao`` or ``torchao``.
         engine: torch.ao quantized engine: ``auto`` (x86 when present), ``qnnpack``, ...
+        reduce_range: torch.ao dynamic int8 quantizes activations to 7 bits (True, torch.ao's
+            default, safe on every x86 CPU). False uses all 8 bits: more accurate, and safe only
+            on CPUs with VNNI (AVX512-VNNI/AVX-VNNI), where int8 products cannot saturate.
 
     >>> QuantizationConfig(quantization_type="static", bits=8).per_channel
     True
@@ -59,6 +62,7 @@ class QuantizationConfig:
     per_channel: bool = True
     backend: str = "auto"
     engine: str = "auto"
+    reduce_range: bool = True
 
     def __post_init__(self) -> None:
         owner = "QuantizationConfig"
@@ -72,6 +76,8 @@ class QuantizationConfig:
         check_choice(owner, "engine", self.engine, ENGINES)
         if self.quantization_type == "weight_only":
             check_choice(owner, "backend (weight_only is torchao-only)", self.backend, ("auto", "torchao"))
+        if not isinstance(self.reduce_range, bool):
+            raise ConfigError(f"{owner}.reduce_range must be a bool; got {self.reduce_range!r}")
         if not self.quantize_weights:
             raise ConfigError(f"{owner}.quantize_weights must be True: every path quantizes weights")
         if self.quantization_type == "static":
@@ -140,7 +146,8 @@ class DynamicQuantizer(_Quantizer):
             if device.type != "cpu":
                 raise UnsupportedOnDeviceError("torch.ao dynamic quantization runs on CPU only")
             model, self.engine = _torch_ao.quantize_dynamic(
-                model, bits=self.config.bits, per_channel=self.config.per_channel, engine=self.config.engine
+                model, bits=self.config.bits, per_channel=self.config.per_channel,
+                engine=self.config.engine, reduce_range=self.config.reduce_range,
             )
             return model
         if self.config.bits == 16:

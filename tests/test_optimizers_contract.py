@@ -128,6 +128,11 @@ class TestDynamicInt8(OptimizerContract):
         return DynamicQuantizer(model, QuantizationConfig(quantization_type="dynamic")).optimize()
 
 
+class TestDynamicInt8FullRange(OptimizerContract):
+    def build(self, model: nn.Module, calibration: Any) -> nn.Module:
+        return DynamicQuantizer(model, QuantizationConfig(reduce_range=False)).optimize()
+
+
 class TestDynamicInt8Torchao(OptimizerContract):
     def build(self, model: nn.Module, calibration: Any) -> nn.Module:
         return DynamicQuantizer(model, QuantizationConfig(backend="torchao")).optimize()

@@ -37,6 +37,7 @@ from optimizers.errors import OptsweepError
         ({"backend": "tensorrt"}, r"backend must be one of 'auto', 'torch.ao', 'torchao'; got 'tensorrt'"),
         ({"engine": "mkl"}, r"engine must be one of .*got 'mkl'"),
         ({"quantize_weights": False}, r"quantize_weights must be True"),
+        ({"reduce_range": 1}, r"reduce_range must be a bool; got 1"),
         ({"quantization_type": "weight_only", "backend": "torch.ao"}, r"backend .*weight_only.*got 'torch.ao'"),
     ],
 )
@@ -181,3 +182,20 @@ def test_quantize_model_function(digits_mlp: nn.Module, digits_calibration: list
     assert static is not digits_mlp
     with pytest.raises(ConfigError, match="calibration_loader is required"):
         optimizers.quantize_model(digits_mlp, quantization_type="static")
+
+
+def test_full_range_activations(transformer_block: nn.Module, block_inputs: tuple) -> None:
+    from optimizers._backends._torch_ao import FullRangeDynamicLinear
+
+    seven = DynamicQuantizer(transformer_block).optimize()
+    eight = DynamicQuantizer(transformer_block, QuantizationConfig(reduce_range=False)).optimize()
+    assert isinstance(eight.linear1, FullRangeDynamicLinear)
+    assert not isinstance(seven.linear1, FullRangeDynamicLinear)
+    with torch.no_grad():
+        ref = transformer_block(*block_inputs)
+        out7, out8 = seven(*block_inputs), eight(*block_inputs)
+    assert not torch.equal(out7, out8)  # the flag reaches the kernel
+    assert sqnr_db(ref, out8) >= sqnr_db(ref, out7) - 1.0
+    # load_state_dict resets torch.ao's ``version`` attribute; the class keeps full range.
+    eight.load_state_dict(seven.state_dict())
+    assert isinstance(eight.linear1, FullRangeDynamicLinear)
