@@ -6,9 +6,12 @@ kept apart, as in Torch-Pruning:
 * **what to prune**: a score per channel (``l1``, ``l2`` or ``random``), per head for attention;
 * **what is coupled**: Torch-Pruning's ``DependencyGraph`` (Linear->Linear, Conv->BN->Conv,
   residual additions, concatenations, LayerNorm, embeddings), so coupled channels go together;
-* **what must not change**: the model's output. Every layer whose output channels reach the
-  model output without passing through another Linear/Conv (the classifier head; in a
-  transformer, every writer to the residual stream) is kept, as are ``config.ignored_layers``.
+* **what must not change**: the model's output and input widths. Every layer whose output
+  channels reach the model output without passing through another Linear/Conv (the classifier
+  head; in a transformer, every writer to the residual stream), or are added to a raw model
+  input (``x + f(x)``), keeps its output channels, as do ``config.ignored_layers`` (an ignored
+  layer keeps its *outputs*; its inputs still shrink when the layer feeding it is pruned; an
+  ignored attention module keeps all its heads).
 
 What "about the requested amount" means: ``amount`` is the fraction of *channels* (or heads)
 removed in each prunable group. A weight matrix between two pruned groups loses
