@@ -311,12 +311,20 @@ def nondominated_mask(values: np.ndarray, tolerance: np.ndarray | None = None) -
     return _verify(y, tol, np.flatnonzero(mask), mask, np.flatnonzero(~covered))
 
 
+def _finite_bounds(y: np.ndarray, empty_lo: float = 0.0, empty_hi: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column min and max over finite values (columns with none get the defaults)."""
+    fin = np.isfinite(y)
+    lo = np.where(fin, y, np.inf).min(axis=0) if len(y) else np.full(y.shape[1], np.inf)
+    hi = np.where(fin, y, -np.inf).max(axis=0) if len(y) else np.full(y.shape[1], -np.inf)
+    lo = np.where(np.isfinite(lo), lo, empty_lo)
+    hi = np.where(np.isfinite(hi), hi, empty_hi)
+    return lo, hi
+
+
 def _seeds(y: np.ndarray, k: int = 48) -> np.ndarray:
     """Indices of likely-front points: the best on each objective and on random weightings."""
     d = y.shape[1]
-    finite = np.where(np.isfinite(y), y, np.nan)
-    lo = np.nan_to_num(np.nanmin(finite, axis=0), nan=0.0)
-    hi = np.nan_to_num(np.nanmax(finite, axis=0), nan=1.0)
+    lo, hi = _finite_bounds(y)
     z = (np.clip(y, lo, hi) - lo) / np.where(hi > lo, hi - lo, 1.0)
     w = np.random.default_rng(0).dirichlet(np.ones(d), size=k)
     picks = np.argmin(z @ w.T, axis=0)
@@ -667,12 +675,7 @@ def reference_point(values: np.ndarray, baseline: np.ndarray | None = None) -> t
     y = np.asarray(values, dtype=float)
     if baseline is not None:
         y = np.vstack([y, np.asarray(baseline, dtype=float)[None, :]])
-    finite = np.where(np.isfinite(y), y, np.nan)
-    with np.errstate(invalid="ignore"):
-        ideal = np.nanmin(finite, axis=0) if len(y) else np.zeros(y.shape[1])
-        worst = np.nanmax(finite, axis=0) if len(y) else np.ones(y.shape[1])
-    ideal = np.nan_to_num(ideal, nan=0.0)
-    worst = np.nan_to_num(worst, nan=1.0)
+    ideal, worst = _finite_bounds(y)
     span = worst - ideal
     flat = span <= 0
     span[flat] = np.maximum(np.abs(worst[flat]) * 0.1, 1.0)
@@ -740,9 +743,7 @@ def knee_point(pareto: ParetoResult, group: str | None = None) -> pd.Series | No
     if front.empty:
         return None
     y = pareto.objective_matrix(front)
-    finite = np.where(np.isfinite(y), y, np.nan)
-    lo = np.nan_to_num(np.nanmin(finite, axis=0), nan=0.0)
-    hi = np.nan_to_num(np.nanmax(finite, axis=0), nan=1.0)
+    lo, hi = _finite_bounds(y)
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     z = np.clip(np.nan_to_num((y - lo) / span, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     d = z.shape[1]
