@@ -161,7 +161,7 @@ class TestWeightOnlyInt8(OptimizerContract):
 
 class _PruningContract(OptimizerContract):
     method: ClassVar[str] = "magnitude"
-    min_block_sqnr_db = 10.0  # 30% of the weights gone: far from fp32, but not noise
+    min_block_sqnr_db: ClassVar[float | None] = 10.0  # 30% of weights gone: far from fp32, not noise
 
     def build(self, model: nn.Module, calibration: Any) -> nn.Module:
         return ModelPruner(model, PruningConfig(method=self.method, amount=0.3)).prune_model()

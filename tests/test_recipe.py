@@ -167,7 +167,7 @@ def test_composition(
     if recipe.quantization_type != "none":
         assert {"original_size_bytes", "optimized_size_bytes", "compression_ratio"} <= info["quantization"].keys()
         assert info["quantization"]["compression_ratio"] > 1.2  # CNN dynamic: only its Linear
-    if recipe.pruning_method != "none":
+    if recipe.pruning_amount is not None:
         assert info["pruning"]["final_sparsity"] == pytest.approx(recipe.pruning_amount, abs=0.01)
         nonzero, total = count_parameters(inner)
         # Quantizing a pruned weight keeps its zeros (zero is exactly representable).
