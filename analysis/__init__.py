@@ -17,9 +17,9 @@ from .pareto import (
     knee_point,
     nondominated_mask,
     nondominated_ranks,
+    pareto_front,
     parse_constraint,
     parse_objective,
-    pareto_front,
 )
 
 __all__ = [

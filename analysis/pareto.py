@@ -56,6 +56,7 @@ __all__ = [
 NOISY_OBJECTIVES = {"latency_ms": "latency_iqr_ms"}
 """Objective column -> column holding the half-width of its noise interval."""
 
+_SEED_MIN_POINTS = 2048
 _OPS = ("<=", ">=", "==", "!=", "<", ">")
 _NUMBER = r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?)"
 _CONSTRAINT_RE = re.compile(
@@ -297,8 +298,10 @@ def nondominated_mask(values: np.ndarray, tolerance: np.ndarray | None = None) -
     else:
         tol = np.clip(tol, 0.0, None)
     # Cheap first cut: a few good points remove most of the dominated ones in one broadcast.
-    seeds = _seeds(y)
-    dominated, covered = _seed_filter(y, tol, seeds)
+    if n > _SEED_MIN_POINTS:
+        dominated, covered = _seed_filter(y, tol, _seeds(y))
+    else:
+        dominated = covered = np.zeros(n, dtype=bool)
     idx = np.flatnonzero(~dominated)
     mask = np.zeros(n, dtype=bool)
     if tol is None:
@@ -513,6 +516,8 @@ def eligibility(
         mark(states == state, f"state={state}")
     for o in objectives:
         mark(np.isnan(frame[o.name].to_numpy(dtype=float)), f"nan:{o.name}")
+    if "duplicate_of" in frame.columns:  # a reused result is the same point, not a second one
+        mark(frame["duplicate_of"].notna().to_numpy(), "duplicate")
     if use_stored and "feasible" in frame.columns:
         mark((frame["feasible"] == False).to_numpy(dtype=bool), "infeasible")  # noqa: E712
     for c in cons:
@@ -527,13 +532,15 @@ def pareto_front(
     *,
     noise_aware: bool = True,
     all_hardware: bool = False,
-    ranks: bool = True,
+    ranks: bool = False,
 ) -> ParetoResult:
     """Rank every eligible row and mark the front, per hardware group.
 
     ``objectives``: ``["latency_ms:min", "accuracy:max"]`` or :class:`Objective`; default the
     sweep's. ``constraints``: expressions like ``"accuracy_drop <= 0.01"``; ``None`` means the
-    sweep's own (see the module docstring). ``ranks=False`` computes only the front (rank 0/NA).
+    sweep's own (see the module docstring). ``ranks=True`` also peels every later front (rank 1,
+    2, ...; cost grows with the number of fronts); by default only the front is computed and
+    ``rank`` is 0 on it and NA elsewhere.
 
     >>> pr = pareto_front(results, ["latency_ms:min", "accuracy:max"])   # doctest: +SKIP
     >>> pr.front[["trial_number", "latency_ms", "accuracy"]]              # doctest: +SKIP

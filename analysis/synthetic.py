@@ -66,7 +66,7 @@ def synthetic_columns(
     failed = rng.random(n) < fail_fraction
     state = np.where(failed, "FAIL", "COMPLETE")
     errors = np.array(["RuntimeError", "TIMEOUT", "OOM"])
-    error_type = np.where(failed, rng.choice(errors, n), None)
+    error_type = np.where(failed, rng.choice(errors, n), np.array(None, dtype=object))
     for arr in (latency, iqr, accuracy):
         arr[failed] = np.nan
     size_col: list[int | None] = [None if f else int(s) for s, f in zip(size, failed, strict=True)]
@@ -75,7 +75,8 @@ def synthetic_columns(
         "trial_number": np.arange(n, dtype=np.int64),
         "state": state,
         "error_type": error_type,
-        "error": np.where(failed, np.char.add(error_type.astype(str), ": synthetic failure"), None),
+        "error": np.where(failed, np.char.add(error_type.astype(str), ": synthetic failure"),
+                          np.array(None, dtype=object)),
         "pruning_method": pm,
         "pruning_amount": amount,
         "quantization_type": qt,
