@@ -1,0 +1,148 @@
+"""Export: re-apply a trial's recipe, write a program artifact, load it without the user's code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from analysis import AnalysisError
+from analysis.cli import register
+from analysis.export import export_trial, load_artifact
+from analysis_fixtures import write_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+USER_CODE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class TinyNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+        def forward(self, x):
+            return self.net(x)
+
+    def model():
+        torch.manual_seed(0)
+        return TinyNet().eval()
+
+    def example_inputs():
+        return (torch.randn(8, 16, generator=torch.Generator().manual_seed(1)),)
+
+    def calibration():
+        g = torch.Generator().manual_seed(2)
+        return [(torch.randn(8, 16, generator=g),) for _ in range(4)]
+
+    def evaluate(m):
+        x = example_inputs()[0]
+        with torch.no_grad():
+            return float((m(x).argmax(1) == model()(x).argmax(1)).float().mean())
+''')
+
+RECIPES = {
+    0: {"quantization_type": "dynamic", "quantization_bits": 8},
+    1: {"quantization_type": "static", "quantization_bits": 8},
+    2: {"pruning_method": "magnitude", "pruning_amount": 0.5},
+    3: {},
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    cfg = root / "config"
+    cfg.mkdir()
+    (cfg / "tinyuser.py").write_text(USER_CODE)
+    out = root / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps({
+        "config_dir": str(cfg), "model": "tinyuser:model", "example_inputs": "tinyuser:example_inputs",
+        "evaluate": "tinyuser:evaluate", "calibration": "tinyuser:calibration", "device": "cpu",
+        "pruning": {},
+    }))
+    rows = [{"trial_number": n, "latency_ms": 0.1, "accuracy": 1.0, **r} for n, r in RECIPES.items()]
+    rows.append({"trial_number": 9, "state": "FAIL", "latency_ms": None})
+    write_rows(out / "results" / "trials.parquet", rows)
+    return out
+
+
+def _reference(out: Path, trial: int) -> torch.Tensor:
+    """The optimized model built directly with the recipe, as the sweep would."""
+    sys.path.insert(0, json.loads((out / "sweep.json").read_text())["config_dir"])
+    try:
+        import tinyuser  # type: ignore[import-not-found]
+
+        from optimizers.recipe import Recipe, apply_recipe
+
+        fields = {"pruning_method": "none", "quantization_type": "none", "precision": "fp32",
+                  **RECIPES[trial]}
+        torch.manual_seed(0)
+        m, _ = apply_recipe(tinyuser.model(), Recipe.from_row(fields),
+                            example_inputs=tinyuser.example_inputs(),
+                            calibration=tinyuser.calibration(), evaluate=tinyuser.evaluate)
+        with torch.no_grad():
+            return m(*tinyuser.example_inputs())
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.mark.parametrize("trial", sorted(RECIPES))
+def test_export_loads_in_a_fresh_process_without_user_code(sweep_out: Path, tmp_path: Path, trial: int) -> None:
+    art = tmp_path / f"trial{trial}.pt2"
+    res = export_trial(sweep_out, trial, art, measure=False)
+    side = json.loads(res.sidecar.read_text())
+    assert side["format"] in ("torch.export", "torchscript") and side["format"] == res.format
+    assert side["recipe"]["quantization_type"] == RECIPES[trial].get("quantization_type", "none")
+    assert side["recorded"]["latency_ms"] == 0.1 and side["torch_version"] == torch.__version__
+    x = json.loads((sweep_out / "sweep.json").read_text())
+    inputs = tmp_path / "x.pt"
+    torch.save(torch.randn(8, 16, generator=torch.Generator().manual_seed(1)), inputs)
+    result = tmp_path / "y.pt"
+    code = ("import sys, torch; from analysis.export import load_artifact; "
+            f"m = load_artifact({str(art)!r}); "
+            f"torch.save(m(torch.load({str(inputs)!r})), {str(result)!r}); "
+            "assert 'tinyuser' not in sys.modules")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
+    assert x["config_dir"] not in code
+    got = torch.load(result)
+    ref = _reference(sweep_out, trial)
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (got - ref).abs().max()
+
+
+def test_export_cli_prints_recorded_and_measured(sweep_out: Path, tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["export", str(sweep_out), "--trial", "0", "--out",
+                                   str(tmp_path / "a.pt2")])
+    assert res.exit_code == 0, res.output
+    assert "recorded" in res.output and "latency_ms" in res.output and "accuracy" in res.output
+    measured = json.loads((tmp_path / "a.pt2.json").read_text())["measured"]
+    assert measured["latency_ms"] > 0 and measured["accuracy"] == 1.0
+    assert callable(load_artifact(tmp_path / "a.pt2"))
+
+
+@pytest.mark.parametrize(("trial", "match"), [(42, "trial 42 is not in"), (9, "did not complete")])
+def test_export_rejects_bad_trials(sweep_out: Path, tmp_path: Path, trial: int, match: str) -> None:
+    with pytest.raises(AnalysisError, match=match):
+        export_trial(sweep_out, trial, tmp_path / "x.pt2")
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["export", str(sweep_out), "--trial", str(trial), "--out",
+                                   str(tmp_path / "x.pt2")])
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.output
+
+
+def test_export_needs_the_manifest(tmp_path: Path) -> None:
+    with pytest.raises(AnalysisError, match="no sweep.json"):
+        export_trial(tmp_path, 0, tmp_path / "x.pt2")
