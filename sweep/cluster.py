@@ -279,8 +279,8 @@ def _submit_cmd(
     if no_wait:
         typer.echo(f"follow with: optsweep jobs logs {job_id} --follow", err=True)
         return
-    client, addr = connect(addr)
     try:
+        client, addr = connect(addr)
         status = follow(client, addr, job_id)
     except KeyboardInterrupt:
         typer.echo(f"\nstopped following; job {job_id} keeps running (optsweep jobs stop {job_id})", err=True)
