@@ -115,7 +115,8 @@ class Driver:
         directions = self.cfg.directions()
         try:
             study = optuna.create_study(storage=make_storage(self.cfg, self.out), sampler=make_sampler(self.cfg),
-                                        study_name=self.cfg.name, directions=directions, load_if_exists=True)
+                                        study_name=self.cfg.name, directions=directions,  # type: ignore[arg-type]
+                                        load_if_exists=True)
         except Exception as exc:  # noqa: BLE001 - storage errors are user-facing
             raise SweepError(f"cannot open study storage {redact(self.cfg.storage) or self.out}: {exc}") from None
         stored = [d.name.lower() for d in study.directions]
@@ -180,11 +181,12 @@ class Driver:
         cpus, gpus = self.cfg.resources.cpus_per_trial, (self.cfg.resources.gpus_per_trial if device == "cuda" else 0)
         if device == "cuda" and gpus == 0:
             gpus = 1
-        capacity = int(resources.get("CPU", 1) // cpus)
-        if gpus:
-            capacity = min(capacity, int(resources.get("GPU", 0) // gpus))
+        custom = executor.trial_resources(resources, cpus, gpus, self.cfg.resources.custom)
+        needs = {"CPU": cpus, "GPU": gpus, **custom}
+        # Every resource a worker asks for bounds the pool, or surplus workers would never be placed.
+        capacity = min(int(resources.get(k, 0) // v) for k, v in needs.items() if v > 0)
         if capacity < 1:
-            raise SweepError(f"the cluster cannot hold one trial: needs {cpus} CPU / {gpus} GPU, has {resources}")
+            raise SweepError(f"the cluster cannot hold one trial: needs {needs}, has {resources}")
         n_workers = max(1, min(self.cfg.workers or capacity, capacity, max(remaining, 1)))
         base_spec = TrialSpec(
             trial_number=0, params={}, study_name=self.cfg.name, device=device,
@@ -192,7 +194,6 @@ class Driver:
             pruning_options=dict(self.cfg.pruning), constraints=dict(self.cfg.constraints),
             latency_shared=bool(gpus and gpus < 1),
         )
-        custom = executor.trial_resources(resources, cpus, gpus, self.cfg.resources.custom)
         pool = _Pool(executor, n_workers, (str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores,
                                            self.worker_cls or executor.TrialWorker, custom), payload_ref)
         interrupted = False
