@@ -48,6 +48,12 @@ MAX_TABLE_ROWS = 300
 RECIPE_COLUMNS = ["pruning_method", "pruning_amount", "quantization_type", "quantization_bits",
                   "precision", "compile"]
 ENV_COLUMNS = ["hardware", "device", "threads", "torch_version", "quantized_engine"]
+# A tiny template: the stock ones embed ~8 kB of per-trace-type defaults in every figure.
+_TEMPLATE = {"layout": {"paper_bgcolor": "white", "plot_bgcolor": "white",
+                        "xaxis": {"gridcolor": "#eee", "zerolinecolor": "#ccc"},
+                        "yaxis": {"gridcolor": "#eee", "zerolinecolor": "#ccc"},
+                        "colorway": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                     "#8c564b", "#e377c2", "#17becf"]}}
 PARAM_DIMENSIONS = ["pruning_method", "pruning_amount", "quantization_type", "quantization_bits",
                     "precision"]
 
@@ -135,7 +141,7 @@ def _pareto_figure(pareto: ParetoResult, title: str = "Pareto front") -> Any:
     axes = objs[:3] if three_d else objs[:2]
     if len(axes) == 1:  # one objective: plot it against trial order
         axes = [Objective("trial_number", "minimize"), axes[0]]
-    fig = go.Figure()
+    fig = go.Figure(layout={"template": _TEMPLATE})
     dominated = _sample_dominated(pareto)
     t = pareto.table
     hover = "trial %{customdata}<extra>%{fullData.name}</extra>"
@@ -146,7 +152,7 @@ def _pareto_figure(pareto: ParetoResult, title: str = "Pareto front") -> Any:
         if three_d:
             return go.Scatter3d(mode=mode, name=name, marker=marker, customdata=custom,
                                 hovertemplate=hover, **coords)
-        return go.Scattergl(mode=mode, name=name, marker=marker, customdata=custom,
+        return go.Scatter(mode=mode, name=name, marker=marker, customdata=custom,
                             hovertemplate=hover, **coords)
 
     if not dominated.empty:
@@ -168,7 +174,7 @@ def _pareto_figure(pareto: ParetoResult, title: str = "Pareto front") -> Any:
                                  "zaxis_title": names[2]})
     else:
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[1])
-    fig.update_layout(title=title, height=600, template="plotly_white",
+    fig.update_layout(title=title, height=600,
                       legend={"orientation": "h"})
     return fig
 
@@ -197,23 +203,23 @@ def _parcoords_figure(pareto: ParetoResult) -> Any:
     fig = go.Figure(go.Parcoords(
         line={"color": color, "colorscale": [[0, "#c8c8c8"], [1, "#1f77b4"]], "cmin": 0, "cmax": 1},
         dimensions=dims,
-    ))
+    ), layout={"template": _TEMPLATE})
     fig.update_layout(title="Parameters (blue: front; missing values shown as -1)", height=450,
-                      template="plotly_white")
+                      )
     return fig
 
 
 def _hypervolume_figure(history: pd.DataFrame) -> Any:
     import plotly.graph_objects as go
 
-    fig = go.Figure()
+    fig = go.Figure(layout={"template": _TEMPLATE})
     for g, sub in history.groupby("group", sort=False):
         fig.add_trace(go.Scatter(x=sub["trial_number"].to_numpy(dtype=np.int64),
                                  y=_f32(sub["hypervolume"]), mode="lines", name=str(g),
                                  line={"shape": "hv"}))
     fig.update_layout(title="Hypervolume over trials (normalised; reference: worst of baseline "
                       "and observed + 10% of the range)", xaxis_title="trial_number",
-                      yaxis_title="hypervolume", height=400, template="plotly_white")
+                      yaxis_title="hypervolume", height=400)
     return fig
 
 
@@ -475,7 +481,7 @@ def write_compare(
     fronts, objs = compare_fronts(sources, objectives=objectives, constraints=constraints,
                                   noise_aware=noise_aware)
     axes = list(objs[:3]) if len(objs) >= 3 else list(objs[:2])
-    fig = go.Figure()
+    fig = go.Figure(layout={"template": _TEMPLATE})
     for label, sub in fronts.groupby("label", sort=False):
         coords = {k: _f32(sub[o.name]) for k, o in zip("xyz", axes, strict=False)}
         kw = {"mode": "markers", "name": str(label), "customdata": sub["trial_number"].to_numpy(),
@@ -487,7 +493,7 @@ def write_compare(
                                  "zaxis_title": names[2]})
     elif len(axes) == 2:
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[1])
-    fig.update_layout(title="Pareto fronts by hardware", height=650, template="plotly_white")
+    fig.update_layout(title="Pareto fronts by hardware", height=650)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     body = _figures_html([fig])[0]

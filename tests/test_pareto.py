@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from analysis_fixtures import make_results
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -22,12 +23,11 @@ from analysis import (
     knee_point,
     nondominated_mask,
     nondominated_ranks,
+    pareto_front,
     parse_constraint,
     parse_objective,
-    pareto_front,
 )
 from analysis.pareto import reference_point
-from analysis_fixtures import make_results
 
 INF = math.inf
 
@@ -158,7 +158,7 @@ def test_eligibility_state_nan_feasible_and_baseline() -> None:
         {"trial_number": 3, "latency_ms": 0.1, "size_bytes": 1, "accuracy": 0.99, "feasible": False},
         {"trial_number": 4, "latency_ms": 3.0, "size_bytes": 10, "accuracy": 0.96},
     ]
-    pr = pareto_front(make_results(rows))
+    pr = pareto_front(make_results(rows), ranks=True)
     t = pr.table.set_index("trial_number")
     assert sorted(pr.front["trial_number"]) == [0, 4]
     assert t.loc[1, "ineligible_reason"] == "state=FAIL"
@@ -295,6 +295,7 @@ def test_reference_point_uses_baseline_and_nudges() -> None:
 
 def test_hypervolume_history_is_monotone() -> None:
     from analysis_fixtures import synthetic_table
+
     from analysis.dataset import results_from_frame
 
     t = synthetic_table(300, seed=3)
