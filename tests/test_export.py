@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+from analysis_fixtures import write_rows
 from typer.testing import CliRunner
 
 from analysis import AnalysisError
 from analysis.cli import register
 from analysis.export import export_trial, load_artifact
-from analysis_fixtures import write_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
