@@ -173,6 +173,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="digits batch size (default: 256)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load + args.threads > cpus + 0.5:
+        print(f"WARNING: load average {load:.2f} + {args.threads} timing threads exceeds {cpus} CPUs; "
+              "timings are noisy, and multi-threaded ones dominated by preemption: prefer --threads 1")
     print(f"torch {torch.__version__}, threads={args.threads}, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     for case in _cases(args.models, args.batch):
