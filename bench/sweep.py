@@ -280,7 +280,7 @@ def bench_latency(cfg_dir: Path, k: int, heavy_s: float) -> None:
 
     from sweep.trial import TrialSpec
 
-    print(f"\n[5] latency of one config alone vs. next to a CPU-heavy trial, real TrialWorker, pinned cores")
+    print("\n[5] latency of one config alone vs. next to a CPU-heavy trial, real TrialWorker, pinned cores")
     if not ray.is_initialized():
         executor.init_ray(None, str(cfg_dir))
     # k copies of one config (magnitude 30% on a dense MLP: same dense kernels); tiny amount offsets
