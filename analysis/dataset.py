@@ -5,7 +5,8 @@ Accepted inputs (see ``analysis/schema.py`` for the contract):
 - a sweep output directory ``OUT`` (reads ``OUT/results/*.parquet``),
 - the ``OUT/results`` directory itself, or any directory of ``*.parquet`` files,
 - a single ``.parquet`` file, written by optsweep or by any other tool that has the
-  :data:`~analysis.schema.REQUIRED_COLUMNS`.
+  :data:`~analysis.schema.REQUIRED_COLUMNS`,
+- any of those as a URI pyarrow understands (``s3://bucket/out``, ``file:///abs/out``).
 
 Optional columns that a file lacks are added as nulls, so downstream code can rely on every
 column in :data:`~analysis.schema.COLUMN_NAMES` existing.
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import AnalysisError
@@ -94,6 +96,30 @@ def find_parquet_files(path: str | Path) -> list[Path]:
     return files
 
 
+def _find_remote(uri: str) -> tuple[list[str], pafs.FileSystem]:
+    """Like :func:`find_parquet_files` for a URI (``s3://bucket/out``, ``file:///...``)."""
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, ValueError) as e:
+        raise AnalysisError(f"cannot open {uri!r}: {str(e).splitlines()[0]}") from e
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise AnalysisError(f"results path {uri!r} does not exist")
+    if info.type == pafs.FileType.File:
+        return [root], fs
+    sub = root.rstrip("/") + "/results"
+    if fs.get_file_info(sub).type == pafs.FileType.Directory:
+        root = sub
+    files = sorted(
+        f.path for f in fs.get_file_info(pafs.FileSelector(root))
+        if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+        and not f.base_name.startswith(".")
+    )
+    if not files:
+        raise AnalysisError(f"no *.parquet files in {uri!r} (expected OUT or OUT/results)")
+    return files, fs
+
+
 def load_results(path: str | Path) -> Results:
     """Read trial rows from ``path`` and validate them against the schema contract.
 
@@ -103,8 +129,11 @@ def load_results(path: str | Path) -> Results:
     >>> results = load_results("runs/digits")      # doctest: +SKIP
     >>> results.frame[["trial_number", "latency_ms"]].head()  # doctest: +SKIP
     """
-    files = find_parquet_files(path)
-    table = _read_table(files)
+    if "://" in str(path):
+        remote, fs = _find_remote(str(path))
+        table = _read_table(remote, fs)
+    else:
+        table = _read_table([str(f) for f in find_parquet_files(path)])
     meta = dict(table.schema.metadata or {})
     frame = table.to_pandas()
     return results_from_frame(frame, metadata=meta, source=str(path))
@@ -157,9 +186,9 @@ def results_from_frame(
     )
 
 
-def _read_table(files: list[Path]) -> pa.Table:
+def _read_table(files: list[str], fs: pafs.FileSystem | None = None) -> pa.Table:
     try:
-        dataset = ds.dataset([str(f) for f in files], format="parquet")
+        dataset = ds.dataset(files, format="parquet", filesystem=fs)
         table = dataset.to_table()
         if len(files) > 1 and any(c not in table.column_names for c in REQUIRED_COLUMNS):
             raise pa.ArrowInvalid("first file lacks columns; unify all schemas")
@@ -168,13 +197,14 @@ def _read_table(files: list[Path]) -> pa.Table:
         pass
     # Files disagree (older writer, foreign tool): unify every footer's schema, then scan again.
     try:
-        schemas = [pq.read_schema(f) for f in files]
+        schemas = [pq.read_schema(f, filesystem=fs) for f in files]
         unified = pa.unify_schemas(schemas, promote_options="permissive")
         unified = unified.with_metadata(schemas[0].metadata)
-        return ds.dataset([str(f) for f in files], schema=unified, format="parquet").to_table()
+        return ds.dataset(files, schema=unified, format="parquet", filesystem=fs).to_table()
     except (pa.ArrowException, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AnalysisError(f"cannot read Parquet files under {str(files[0].parent)!r}: {first}") from e
+        where = str(Path(files[0]).parent)
+        raise AnalysisError(f"cannot read Parquet files under {where!r}: {first}") from e
 
 
 def _check_version(version: str | None, source: str) -> None:

@@ -31,6 +31,15 @@ def test_accepts_out_results_dir_and_single_file(run: Path, sub: str) -> None:
         assert r.baseline is not None and r.baseline["trial_number"] == -1
 
 
+def test_accepts_a_uri(run: Path) -> None:
+    r = load_results(run.resolve().as_uri())
+    assert len(r) == 31 and r.baseline is not None
+    one = load_results((run / "results" / "baseline.parquet").resolve().as_uri())
+    assert len(one) == 1
+    with pytest.raises(AnalysisError, match="does not exist"):
+        load_results((run / "nope").resolve().as_uri())
+
+
 def test_foreign_file_with_only_required_columns(tmp_path: Path) -> None:
     full = rows_table([{"latency_ms": 1.0}, {"latency_ms": 2.0}]).to_pandas()
     foreign = full[REQUIRED_COLUMNS].copy()
