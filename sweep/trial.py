@@ -146,7 +146,9 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
         row["recovery_s"] = pinfo.get("recovery_s")
         row["quant_backend"] = info.get("quantization", {}).get("backend")
         row["state"] = "COMPLETE"
-    except UnsupportedOnDeviceError as exc:
+    except (UnsupportedOnDeviceError, UnsupportedArchitectureError) as exc:
+        # No kernel on this device, or the model can't take this technique: the combination is
+        # impossible here, not a crash.
         row.update(state="INFEASIBLE", error_type=type(exc).__name__, error=one_line(exc))
     except Exception as exc:  # noqa: BLE001 - the trial boundary: every failure becomes a row
         row.update(state="FAIL", error_type=_error_type(exc), error=one_line(exc),
