@@ -32,6 +32,7 @@ from .space import grid, suggest, to_recipe
 from .trial import TrialSpec, constraint_values
 
 log = logging.getLogger("optsweep")
+ENV_COLUMNS = ("hardware", "device", "threads", "torch_version", "quantized_engine", "cpu_capability")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -302,6 +303,13 @@ class Driver:
                         pool.submit(payload_ref, spec, self.baseline)
 
     def _finish(self, study: optuna.Study, row: dict[str, Any]) -> None:
+        if self.baseline is not None and not row.get("hardware"):
+            # Rows made in the driver (infeasible, timeout, dead worker) carry the sweep's
+            # environment, so reports never show a phantom "unknown" hardware group.
+            for k in ENV_COLUMNS:
+                row.setdefault(k, self.baseline.get(k))
+                if row[k] is None:
+                    row[k] = self.baseline.get(k)
         self.writer.write(row)
         self._tell(study, int(row["trial_number"]), row)
         self.progress.trial_done(row)  # duplicates say "same as trial N"

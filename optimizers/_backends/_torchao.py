@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
 from torch import nn
 
 from ..errors import UnsupportedOnDeviceError
+
+
+# torchao logs a warning for every optional CUDA extension it can't load (e.g. on a CPU build);
+# those are not errors for us, and they drown the sweep's output.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registers enums it warns about
 
 
 def available() -> bool:
