@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from analysis.schema import BASELINE_TRIAL, SCHEMA_VERSION
-from optimizers import UnsupportedOnDeviceError
+from optimizers import UnsupportedArchitectureError, UnsupportedOnDeviceError
 from optimizers._utils import compressed_size_bytes, count_parameters, model_size_bytes
 from optimizers.benchmarking import environment, measure_latency
 from optimizers.recipe import Recipe, apply_recipe
