@@ -31,7 +31,9 @@ from .errors import AnalysisError
 
 __all__ = ["ExportResult", "export_trial", "load_artifact", "FORMATS"]
 
-FORMATS = ("torch.export", "torchscript")
+FORMATS = ("torch.export", "torchscript", "torch.export-static")
+"""Tried in this order. ``torch.export`` has a dynamic batch dimension; ``torch.export-static`` is
+the same archive specialised to the example inputs' shapes (last resort: fixed batch size)."""
 MANIFEST = "sweep.json"
 
 
@@ -109,6 +111,16 @@ def _save(model: Any, inputs: tuple[Any, ...], path: Path, fmt: str) -> None:
     import torch
 
     if fmt == "torch.export":
+        # Batch size is rarely fixed in deployment (and evaluate() often uses another one).
+        dims = tuple({0: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() else None
+                     for x in inputs)
+        try:
+            ep = torch.export.export(model, inputs, dynamic_shapes=dims)
+        except torch._dynamo.exc.UserError:
+            # forward(self, *args) (wrappers such as MixedPrecisionWrapper) wants the specs nested.
+            ep = torch.export.export(model, inputs, dynamic_shapes=(dims,))
+        torch.export.save(ep, str(path))
+    elif fmt == "torch.export-static":
         ep = torch.export.export(model, inputs)
         torch.export.save(ep, str(path))
     elif fmt == "torchscript":
@@ -122,11 +134,34 @@ def _save(model: Any, inputs: tuple[Any, ...], path: Path, fmt: str) -> None:
 def _load(path: Path, fmt: str) -> Any:
     import torch
 
-    if fmt == "torch.export":
-        return torch.export.load(str(path)).module()
+    if fmt in ("torch.export", "torch.export-static"):
+        return _exported_module(torch.export.load(str(path)).module())
     if fmt == "torchscript":
         return torch.jit.load(str(path), map_location="cpu").eval()
     raise AnalysisError(f"unknown artifact format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _exported_module(graph_module: Any) -> Any:
+    """Wrap a ``torch.export`` module so that ``.eval()`` works (it raises NotImplementedError).
+
+    User code such as ``evaluate(model)`` commonly calls ``model.eval()``; an exported graph is
+    already frozen in the mode it was exported in, so train/eval are no-ops here.
+    """
+    from torch import nn
+
+    class ExportedModule(nn.Module):
+        def __init__(self, module: Any) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.module(*args, **kwargs)
+
+        def train(self, mode: bool = True) -> ExportedModule:
+            self.training = mode
+            return self
+
+    return ExportedModule(graph_module)
 
 
 def load_artifact(path: str | Path) -> Any:
@@ -267,8 +302,9 @@ def export_trial(
     sidecar = Path(f"{path}.json")
     sidecar.write_text(json.dumps({
         "format": fmt,
-        "load": ("torch.export.load(path).module()" if fmt == "torch.export"
-                 else "torch.jit.load(path)"),
+        "load": ("torch.jit.load(path)" if fmt == "torchscript"
+                 else "torch.export.load(path).module()"),
+        "dynamic_batch": fmt != "torch.export-static",
         "trial_number": int(trial),
         "study_name": row.get("study_name"),
         "recipe": recipe.to_dict(),
@@ -302,8 +338,11 @@ def _measure(model: Any, inputs: tuple[Any, ...], evaluate: Any, row: dict[str, 
             m = Timer("model(*inputs)", globals={"model": model, "inputs": inputs}).blocked_autorange(
                 min_run_time=0.2)
         lat, iqr = m.median * 1e3, m.iqr * 1e3
-    acc = None
+    out: dict[str, Any] = {"latency_ms": lat, "latency_iqr_ms": iqr, "accuracy": None}
     if evaluate is not None:
-        with torch.no_grad():
-            acc = float(evaluate(model))
-    return {"latency_ms": lat, "latency_iqr_ms": iqr, "accuracy": acc}
+        try:
+            with torch.no_grad():
+                out["accuracy"] = float(evaluate(model))
+        except Exception as e:  # noqa: BLE001 - the artifact is written; report why accuracy is absent
+            out["accuracy_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    return out

@@ -44,6 +44,7 @@ USER_CODE = textwrap.dedent('''
         return [(torch.randn(8, 16, generator=g),) for _ in range(4)]
 
     def evaluate(m):
+        m.eval()
         x = example_inputs()[0]
         with torch.no_grad():
             return float((m(x).argmax(1) == model()(x).argmax(1)).float().mean())
@@ -109,7 +110,7 @@ def test_sidecar_records_format_recipe_and_metrics(exported: dict[int, ExportRes
     assert side["format"] in FORMATS and side["format"] == res.format
     assert side["recipe"]["quantization_type"] == RECIPES[trial].get("quantization_type", "none")
     assert side["recorded"]["latency_ms"] == 0.1 and side["torch_version"] == torch.__version__
-    assert side["max_abs_diff"] <= 1e-4
+    assert side["max_abs_diff"] <= 1e-4 and side["dynamic_batch"] is True
     if RECIPES[trial].get("quantization_type") in ("dynamic", "static"):
         # torch.ao packed params do not survive torch.export; the fallback must kick in.
         assert res.format == "torchscript" and side["attempts"][0]["format"] == "torch.export"
@@ -124,7 +125,9 @@ def test_artifacts_load_in_a_fresh_process_without_user_code(
     result = tmp_path / "y.pt"
     code = ("import sys, torch; from analysis.export import load_artifact; "
             f"x = torch.load({str(inputs)!r}); arts = {arts!r}; "
-            "ys = {t: load_artifact(p)(x) for t, p in arts.items()}; "
+            "ms = {t: load_artifact(p) for t, p in arts.items()}; "
+            "ys = {t: m(x) for t, m in ms.items()}; "
+            "assert all(m(x[:3]).shape[0] == 3 for m in ms.values()), 'batch size must be free'; "
             f"torch.save(ys, {str(result)!r}); "
             "assert 'tinyuser' not in sys.modules")
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
@@ -138,13 +141,14 @@ def test_artifacts_load_in_a_fresh_process_without_user_code(
 def test_export_cli_prints_recorded_and_measured(sweep_out: Path, tmp_path: Path) -> None:
     app = typer.Typer()
     register(app)
-    res = CliRunner().invoke(app, ["export", str(sweep_out), "--trial", "0", "--out",
+    res = CliRunner().invoke(app, ["export", str(sweep_out), "--trial", "3", "--out",
                                    str(tmp_path / "a.pt2")])
     assert res.exit_code == 0, res.output
     assert "recorded" in res.output and "latency_ms" in res.output and "accuracy" in res.output
     measured = json.loads((tmp_path / "a.pt2.json").read_text())["measured"]
     assert measured["latency_ms"] > 0 and measured["accuracy"] == 1.0
-    assert callable(load_artifact(tmp_path / "a.pt2"))
+    loaded = load_artifact(tmp_path / "a.pt2")
+    assert loaded.eval() is loaded  # user evaluate() functions call .eval(); it must not raise
 
 
 @pytest.mark.parametrize(("trial", "match"), [(42, "trial 42 is not in"), (9, "did not complete")])
