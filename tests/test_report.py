@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -114,15 +115,18 @@ class _DevTools:
         to_r, from_w = self._to_r, self._from_w
 
         def child() -> None:
-            os.dup2(to_r, 3)
-            os.dup2(from_w, 4)
+            # Move both ends above 4 first: either may itself be fd 3 or 4.
+            a, b = fcntl.fcntl(to_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_w, fcntl.F_DUPFD, 10)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
 
+        self._log = open(user_data.parent / f"{user_data.name}-chromium.log", "wb")  # noqa: SIM115
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--enable-unsafe-swiftshader", f"--user-data-dir={user_data}",
                  "--remote-debugging-pipe", "about:blank"]
         self.proc = subprocess.Popen([CHROMIUM, *flags], preexec_fn=child, close_fds=False,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=self._log)
         os.close(to_r)
         os.close(from_w)
         self._buf = b""
@@ -155,7 +159,7 @@ class _DevTools:
                 return None
             chunk = os.read(self._from_r, 1 << 16)
             if not chunk:
-                raise RuntimeError("chromium closed the DevTools pipe")
+                raise RuntimeError(f"chromium closed the DevTools pipe; see {self._log.name}")
             self._buf += chunk
         raw, _, self._buf = self._buf.partition(b"\0")
         return dict(json.loads(raw))
@@ -177,6 +181,7 @@ class _DevTools:
             self.proc.wait()
         os.close(self._to_w)
         os.close(self._from_r)
+        self._log.close()
 
 
 def _page_errors(html: Path, user_data: Path) -> tuple[list[str], int]:
