@@ -330,3 +330,30 @@ def test_best_under_constraints() -> None:
     best = best_under_constraints(r, ["accuracy_drop <= 0.01"], "latency_ms:min")
     assert best is not None and best["trial_number"] == 1
     assert best_under_constraints(r, ["accuracy_drop < 0"], "latency_ms:min") is None
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+@pytest.mark.parametrize("d", [3, 4])
+def test_seeded_filter_matches_the_plain_algorithm(monkeypatch: pytest.MonkeyPatch, noisy: bool, d: int) -> None:
+    """Large inputs take the seeded path; it must agree with the unseeded one (and brute force)."""
+    import analysis.pareto as pareto_mod
+
+    rng = np.random.default_rng(d)
+    y = rng.integers(0, 12, size=(3000, d)).astype(float)
+    y[rng.random(3000) < 0.01, 0] = -INF
+    y[rng.random(3000) < 0.01, 1] = INF
+    tol = None
+    if noisy:
+        tol = np.zeros_like(y)
+        tol[:, 0] = rng.choice([0.0, 0.5, 1.5], size=3000)
+    seeded = nondominated_mask(y, tol)
+    monkeypatch.setattr(pareto_mod, "_SEED_MIN_POINTS", 10**9)
+    plain = nondominated_mask(y, tol)
+    assert seeded.tolist() == plain.tolist()
+    # brute force on the front: nobody dominates a front point
+    t = np.zeros_like(y) if tol is None else tol
+    for i in np.flatnonzero(seeded)[:50]:
+        with np.errstate(invalid="ignore"):
+            diff = np.where(y == y[i], 0.0, y - y[i])
+        tt = t + t[i]
+        assert not ((diff <= tt).all(axis=1) & (diff < -tt).any(axis=1)).any()
