@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,12 @@ class Driver:
             interrupted = True
         finally:
             signal.signal(signal.SIGINT, old_handler)
-            for number, inflight in list(pool.inflight.items()):
-                study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-                study.enqueue_trial(dict(inflight.spec.params), user_attrs={"requeued_from": number})
+            for row in getattr(self, "_finished", []):  # measured but not yet persisted
+                self._finish(study, row)
+            unfinished = [f.spec for f in pool.inflight.values()] + list(getattr(self, "_ready", []))
+            for spec in unfinished:  # asked but not finished: fail in the study, re-queue for resume
+                study.tell(spec.trial_number, state=TrialState.FAIL, skip_if_finished=True)
+                study.enqueue_trial(dict(spec.params), user_attrs={"requeued_from": spec.trial_number})
             pool.close()
             self.progress.stop()
         states = self._states()
@@ -259,48 +263,73 @@ class Driver:
 
     def _loop(self, study: optuna.Study, pool: _Pool, payload_ref: list[Any], base: TrialSpec,
               remaining: int) -> bool:
-        asked = 0
-        waiting_dups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        inflight_keys: dict[str, int] = {}
-        while True:
-            # Fill free workers; INFEASIBLE and duplicate asks don't take a worker.
-            while asked < remaining and pool.has_free():
-                trial = study.ask()
-                asked += 1
-                params = suggest(trial, self.cfg.search)
-                spec = TrialSpec(**{**base.__dict__, "trial_number": trial.number, "params": params})
-                key = to_recipe(params).key()
-                from optimizers.recipe import check_feasible
+        """Keep every worker busy. The driver's own per-trial work (ask, suggest, Parquet write,
+        tell) happens while the workers run: freed workers are refilled first from trials asked
+        ahead of time, then finished rows are persisted, then the next trial is asked ahead."""
+        from optimizers.recipe import check_feasible
 
-                reason = check_feasible(to_recipe(params), base.device)
-                if reason:
-                    self._finish(study, self._infeasible(spec, reason))
-                elif key in self.seen:
-                    self._finish(study, self._duplicate(spec, self.seen[key]))
-                elif key in inflight_keys:
-                    waiting_dups.setdefault(key, []).append((trial.number, params))
+        state = {"asked": 0}
+        waiting_dups: dict[str, list[TrialSpec]] = {}
+        inflight_keys: dict[str, int] = {}
+        ready: deque[TrialSpec] = deque()  # asked ahead, to dispatch as soon as a worker frees
+        self._ready = ready
+
+        def ask_one() -> None:
+            """Ask one trial; INFEASIBLE and duplicates are finished here and take no worker."""
+            trial = study.ask()
+            state["asked"] += 1
+            params = suggest(trial, self.cfg.search)
+            spec = TrialSpec(**{**base.__dict__, "trial_number": trial.number, "params": params})
+            recipe = to_recipe(params)
+            key = recipe.key()
+            reason = check_feasible(recipe, base.device)
+            if reason:
+                self._finish(study, self._infeasible(spec, reason))
+            elif key in self.seen:
+                self._finish(study, self._duplicate(spec, self.seen[key]))
+            elif key in inflight_keys:
+                waiting_dups.setdefault(key, []).append(spec)
+            else:
+                inflight_keys[key] = spec.trial_number
+                ready.append(spec)
+
+        finished: list[dict[str, Any]] = []
+        self._finished = finished
+        while True:
+            while pool.has_free() and (ready or state["asked"] < remaining):
+                if ready:
+                    pool.submit(payload_ref, ready.popleft(), self.baseline)
                 else:
-                    inflight_keys[key] = trial.number
-                    pool.submit(payload_ref, spec, self.baseline)
-            if not pool.inflight:
-                if asked >= remaining and not waiting_dups:
+                    ask_one()
+            for row in finished:  # workers are busy again: now persist + tell
+                self._finish(study, row)
+            finished.clear()
+            if not ready and state["asked"] < remaining:
+                ask_one()  # prepare the next trial while the workers run
+            if not pool.inflight and not ready:
+                if state["asked"] >= remaining:
                     return False
-                if asked >= remaining:  # only duplicates of nothing left: impossible, but don't spin
-                    return False
+                continue
             self.progress.update(running=len(pool.inflight))
             for row in pool.wait(self.cfg.trial_timeout_s, self.cfg.max_retries, self.baseline):
                 key = _key_of(row)
                 inflight_keys.pop(key, None)
-                self._finish(study, row)
+                finished.append(row)
                 if row["state"] in ("COMPLETE", "INFEASIBLE"):
                     self.seen[key] = row
-                for number, params in waiting_dups.pop(key, []):
-                    spec = TrialSpec(**{**base.__dict__, "trial_number": number, "params": params})
-                    if row["state"] in ("COMPLETE", "INFEASIBLE"):
-                        self._finish(study, self._duplicate(spec, row))
-                    else:  # the original failed: measure this one for real
-                        inflight_keys[key] = number
-                        pool.submit(payload_ref, spec, self.baseline)
+                specs = waiting_dups.pop(key, [])
+                if row["state"] in ("COMPLETE", "INFEASIBLE"):
+                    finished.extend(self._duplicate(spec, row) for spec in specs)
+                elif specs:  # the original failed: measure the first repeat for real
+                    inflight_keys[key] = specs[0].trial_number
+                    ready.append(specs[0])
+                    if specs[1:]:
+                        waiting_dups[key] = specs[1:]
+            if not pool.inflight and not ready and not waiting_dups and state["asked"] >= remaining:
+                for row in finished:
+                    self._finish(study, row)
+                finished.clear()
+                return False
 
     def _finish(self, study: optuna.Study, row: dict[str, Any]) -> None:
         if self.baseline is not None and not row.get("hardware"):
