@@ -29,7 +29,7 @@ from .config import SweepConfig, redact, resolve_out
 from .errors import ConfigError, SweepError
 from .progress import Progress
 from .results import ResultsWriter
-from .space import grid, suggest, to_recipe
+from .space import complete, grid, suggest, to_recipe
 from .trial import TrialSpec, constraint_values
 
 log = logging.getLogger("optsweep")
@@ -140,7 +140,8 @@ class Driver:
             else:
                 study.tell(ft.number, state=TrialState.FAIL)
                 if ft.params:
-                    study.enqueue_trial(dict(ft.params), user_attrs={"requeued_from": ft.number})
+                    study.enqueue_trial(complete(dict(ft.params), self.cfg.search),
+                                        user_attrs={"requeued_from": ft.number})
         for n in sorted(have):
             row = self.writer.read(n)
             if row and row["state"] in ("COMPLETE", "INFEASIBLE") and row.get("duplicate_of") is None:
@@ -245,9 +246,16 @@ class Driver:
         return ray.put({"model": call(self.cfg.model).eval(), "example_inputs": tuple(inputs), "calibration": calib})
 
     def _enqueue_grid(self, study: optuna.Study) -> None:
-        existing = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)}
+        existing = set()
+        for t in study.get_trials(deepcopy=False):
+            # Enqueued (WAITING) trials hold their point in system attrs; asked ones in params.
+            params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+            try:
+                existing.add(to_recipe(complete(params, self.cfg.search)).key())
+            except (KeyError, ValueError):
+                continue
         for params in grid(self.cfg.search):
-            if json.dumps(params, sort_keys=True) not in existing:
+            if to_recipe(params).key() not in existing:
                 study.enqueue_trial(params)
 
     def _baseline(self, pool: _Pool, payload_ref: list[Any], spec: TrialSpec) -> dict[str, Any]:

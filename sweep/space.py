@@ -33,10 +33,15 @@ def amount_choices(space: SearchSpace) -> list[float]:
     return [round(amt.low + i * amt.step, 10) for i in range(n + 1)]
 
 
+def _choose(trial: _Suggester, name: str, choices: list[Any]) -> Any:
+    # A one-choice dimension is a constant: asking the sampler would only cost a storage write.
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+
+
 def suggest(trial: _Suggester, space: SearchSpace) -> dict[str, Any]:
     """Ask ``trial`` for one point; returns the params (conditional keys only when active)."""
     params: dict[str, Any] = {}
-    method = trial.suggest_categorical("pruning_method", space.pruning_method)
+    method = _choose(trial, "pruning_method", space.pruning_method)
     params["pruning_method"] = method
     if method != "none":
         amt = space.pruning_amount
@@ -47,13 +52,26 @@ def suggest(trial: _Suggester, space: SearchSpace) -> dict[str, Any]:
                 params["pruning_amount"] = trial.suggest_float("pruning_amount", amt.low, amt.high, step=amt.step)
         else:
             params["pruning_amount"] = trial.suggest_categorical("pruning_amount", sorted(amt))
-    qtype = trial.suggest_categorical("quantization_type", space.quantization_type)
+    qtype = _choose(trial, "quantization_type", space.quantization_type)
     params["quantization_type"] = qtype
     if qtype != "none":
-        params["quantization_bits"] = trial.suggest_categorical("quantization_bits", space.quantization_bits)
-    params["precision"] = trial.suggest_categorical("precision", space.precision)
-    params["compile"] = trial.suggest_categorical("compile", space.compile)
+        params["quantization_bits"] = _choose(trial, "quantization_bits", space.quantization_bits)
+    params["precision"] = _choose(trial, "precision", space.precision)
+    params["compile"] = _choose(trial, "compile", space.compile)
     return params
+
+
+def complete(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """Fill in the one-choice dimensions that :func:`suggest` does not store in the study."""
+    out = dict(params)
+    for name in ("pruning_method", "quantization_type", "precision", "compile"):
+        choices = getattr(space, name)
+        if name not in out and len(choices) == 1:
+            out[name] = choices[0]
+    if out.get("quantization_type", "none") != "none" and "quantization_bits" not in out \
+            and len(space.quantization_bits) == 1:
+        out["quantization_bits"] = space.quantization_bits[0]
+    return out
 
 
 def to_recipe(params: dict[str, Any]) -> Recipe:

@@ -112,11 +112,13 @@ def test_cli_validate_bad_config_exits_2_one_line(tmp_path: Path) -> None:
 
 def test_cli_validate_ok_resolves_references(tmp_path: Path) -> None:
     models = Path(__file__).parent / "sweep_models"
+    name = f"usermodel_{tmp_path.name.replace('-', '_')}"  # unique: not already in sys.modules
+    refs = {"model": f"{name}:model", "example_inputs": f"{name}:example_inputs", "evaluate": f"{name}:evaluate"}
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({**BASE, "evaluate": "tiny:evaluate"}))
+    p.write_text(yaml.safe_dump({**BASE, **refs}))
     res = CliRunner().invoke(app, ["validate", str(p)])
-    assert res.exit_code == 2 and "tiny" in res.output  # not importable from tmp_path
-    (tmp_path / "tiny.py").write_text((models / "tiny.py").read_text())
+    assert res.exit_code == 2 and name in res.output  # not importable yet
+    (tmp_path / f"{name}.py").write_text((models / "tiny.py").read_text())
     res = CliRunner().invoke(app, ["validate", str(p)])
     assert res.exit_code == 0, res.output
     assert "ok: t" in res.output
