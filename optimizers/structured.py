@@ -159,7 +159,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
     >>> import torch, tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "m.pt")
     >>> save_pruned(torch.nn.Linear(2, 3), p)
-    >>> load_pruned(p).out_features
+    >>> load_pruned(p, trusted=True).out_features
     3
     """
     path = Path(path)
@@ -173,10 +173,21 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
             os.remove(tmp)
 
 
-def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device | None = None
-                ) -> nn.Module:
-    """Load a module written by :func:`save_pruned` (unpickles code: trusted files only)."""
-    model = torch.load(path, map_location=map_location, weights_only=False)
+def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device | None = None, *,
+                trusted: bool = False) -> nn.Module:
+    """Load a module written by :func:`save_pruned`.
+
+    A pruned model has shapes no class in your code describes, so it is stored as a pickled
+    module, and unpickling runs code. The secure default is ``torch.load(weights_only=True)``,
+    which cannot load it: pass ``trusted=True`` for files you wrote yourself, or ship a
+    ``torch.export``/TorchScript artifact (``optsweep export``), which needs no pickle.
+    """
+    if not trusted:
+        raise ConfigError(
+            "load_pruned.trusted must be True: the file is a pickled module and loading it runs code; "
+            "only load files you trust, or use an `optsweep export` artifact"
+        )
+    model = torch.load(path, map_location=map_location, weights_only=False)  # trusted=True: caller vouches
     if not isinstance(model, nn.Module):
         raise TypeError(f"{os.fspath(path)!r} does not hold an nn.Module; got {type(model).__name__}")
     return model.eval()

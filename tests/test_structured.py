@@ -163,7 +163,7 @@ def test_save_reload_and_trace_give_identical_outputs(name: str, pruned_half: di
     with torch.no_grad():
         expected = small(*x)
         save_pruned(small, tmp_path / "m.pt")
-        assert torch.equal(load_pruned(tmp_path / "m.pt")(*x), expected)
+        assert torch.equal(load_pruned(tmp_path / "m.pt", trusted=True)(*x), expected)
         traced = torch.jit.trace(small, x, check_trace=False)
         torch.jit.save(traced, str(tmp_path / "m.jit"))
         reloaded = torch.jit.load(str(tmp_path / "m.jit"))
@@ -410,7 +410,7 @@ def test_tiny_hf_bert_heads_update_attributes(tmp_path: Path) -> None:
         out = small(*x)
         assert out.shape == (3, 32)
         save_pruned(small, tmp_path / "m.pt")
-        assert torch.equal(load_pruned(tmp_path / "m.pt")(*x), out)
+        assert torch.equal(load_pruned(tmp_path / "m.pt", trusted=True)(*x), out)
 
 
 # --------------------------------------------------------------------------- MiniLM
@@ -437,7 +437,7 @@ def test_minilm_heads_and_ffn_pruned(minilm_mod, tmp_path: Path) -> None:  # typ
         out = small(*x)
         assert out.shape == (16, 384)
         save_pruned(small, tmp_path / "m.pt")
-        assert torch.equal(load_pruned(tmp_path / "m.pt")(*x), out)
+        assert torch.equal(load_pruned(tmp_path / "m.pt", trusted=True)(*x), out)
 
 
 @pytest.mark.slow
@@ -448,3 +448,9 @@ def test_minilm_distillation_recovers_fidelity(minilm_mod) -> None:  # type: ign
                                calibration_data=minilm_mod.calibration(),
                                evaluate=minilm_mod.evaluate)
     assert info["accuracy_after_recovery"] > info["accuracy_before_recovery"] + 0.1
+
+
+def test_load_pruned_refuses_untrusted_pickles(tmp_path: Path) -> None:
+    save_pruned(nn.Linear(2, 3), tmp_path / "m.pt")
+    with pytest.raises(ConfigError, match="load_pruned.trusted must be True"):
+        load_pruned(tmp_path / "m.pt")

@@ -10,7 +10,6 @@ from torch import nn
 
 from ..errors import UnsupportedOnDeviceError
 
-
 # torchao logs a warning for every optional CUDA extension it can't load (e.g. on a CPU build);
 # those are not errors for us, and they drown the sweep's output.
 logging.getLogger("torchao").setLevel(logging.ERROR)
