@@ -106,6 +106,7 @@ class Measure(_Strict):
     warmup: int = Field(default=5, ge=0)
     min_run_time_s: float = Field(default=0.3, gt=0)
     pin_cores: bool = True
+    exclusive: bool = True
 
 
 class SweepConfig(_Strict):

@@ -195,7 +195,7 @@ class Driver:
             trial_number=0, params={}, study_name=self.cfg.name, device=device,
             warmup=self.cfg.measure.warmup, min_run_time_s=self.cfg.measure.min_run_time_s,
             pruning_options=dict(self.cfg.pruning), constraints=dict(self.cfg.constraints),
-            latency_shared=bool(gpus and gpus < 1),
+            latency_shared=bool(gpus and gpus < 1), exclusive_latency=self.cfg.measure.exclusive,
         )
         pool = _Pool(executor, n_workers, (str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores,
                                            self.worker_cls or executor.TrialWorker, custom), payload_ref)

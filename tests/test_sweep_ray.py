@@ -99,7 +99,8 @@ def test_raise_hang_and_dead_worker_are_rows_and_sweep_finishes(tmp_path: Path) 
     assert (trials.state == "COMPLETE").sum() >= 1
 
 
-def test_resume_after_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_resume_after_driver_stops(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out"
     cfg_path = tmp_path / "sweep.yaml"
     data = {
@@ -121,8 +122,10 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
         if n >= 3:
             break
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep
-    proc.wait()
+    os.kill(proc.pid, sig)  # the driver dies (SIGKILL) or is interrupted (Ctrl-C) mid-sweep
+    rc = proc.wait(timeout=120)
+    if sig == signal.SIGINT:
+        assert rc == 130, proc.stderr.read().decode()[-2000:] if proc.stderr else rc
     partial = len(list((out / "results").glob("trial-*.parquet")))
     assert 3 <= partial < 12
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -94,3 +94,12 @@ def test_writer_is_atomic_and_typed(tmp_path: Path, ctx: TrialContext) -> None:
     assert w.existing_trials() == {0}
     assert w.clean_partials() == 1
     assert to_table([{"trial_number": 1, "state": "FAIL", "pruning_amount": float("nan")}]).num_rows == 1
+
+
+def test_out_of_memory_is_recorded_as_oom(ctx: TrialContext) -> None:
+    def oom(_model):  # type: ignore[no-untyped-def]
+        raise MemoryError("cannot allocate 64 GiB")
+
+    bad = TrialContext(model=ctx.model, example_inputs=ctx.example_inputs, evaluate=oom)
+    row = run_trial(spec(7, precision="bf16"), bad, None)
+    assert row["state"] == "FAIL" and row["error_type"] == "OOM"
