@@ -62,7 +62,7 @@ def _precision(dtype: torch.dtype, autocast: bool) -> Build:
 
 
 TECHNIQUES: dict[str, Build] = {
-    "dynamic int8 per-channel (torch.ao x86)": _dynamic(),
+    "dynamic int8 per-channel, 7-bit act. (torch.ao x86)": _dynamic(reduce_range=True),
     "dynamic int8 per-channel, 8-bit act. (torch.ao x86)": _dynamic(reduce_range=False),
     "dynamic int8 per-tensor (torch.ao x86)": _dynamic(per_channel=False),
     "dynamic int8 per-tensor (torch.ao onednn)": _dynamic(per_channel=False, engine="onednn"),

@@ -49,6 +49,7 @@ class QuantizationConfig:
         reduce_range: torch.ao dynamic int8 quantizes activations to 7 bits (True, torch.ao's
             default, safe on every x86 CPU). False uses all 8 bits: more accurate, and safe only
             on CPUs with VNNI (AVX512-VNNI/AVX-VNNI), where int8 products cannot saturate.
+            None (default): False when this CPU has VNNI and the engine is x86/fbgemm, else True.
 
     >>> QuantizationConfig(quantization_type="static", bits=8).per_channel
     True
@@ -62,7 +63,7 @@ class QuantizationConfig:
     per_channel: bool = True
     backend: str = "auto"
     engine: str = "auto"
-    reduce_range: bool = True
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         owner = "QuantizationConfig"
@@ -76,8 +77,8 @@ class QuantizationConfig:
         check_choice(owner, "engine", self.engine, ENGINES)
         if self.quantization_type == "weight_only":
             check_choice(owner, "backend (weight_only is torchao-only)", self.backend, ("auto", "torchao"))
-        if not isinstance(self.reduce_range, bool):
-            raise ConfigError(f"{owner}.reduce_range must be a bool; got {self.reduce_range!r}")
+        if self.reduce_range is not None and not isinstance(self.reduce_range, bool):
+            raise ConfigError(f"{owner}.reduce_range must be a bool or None (auto); got {self.reduce_range!r}")
         if not self.quantize_weights:
             raise ConfigError(f"{owner}.quantize_weights must be True: every path quantizes weights")
         if self.quantization_type == "static":

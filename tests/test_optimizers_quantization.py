@@ -37,7 +37,7 @@ from optimizers.errors import OptsweepError
         ({"backend": "tensorrt"}, r"backend must be one of 'auto', 'torch.ao', 'torchao'; got 'tensorrt'"),
         ({"engine": "mkl"}, r"engine must be one of .*got 'mkl'"),
         ({"quantize_weights": False}, r"quantize_weights must be True"),
-        ({"reduce_range": 1}, r"reduce_range must be a bool; got 1"),
+        ({"reduce_range": 1}, r"reduce_range must be a bool or None \(auto\); got 1"),
         ({"quantization_type": "weight_only", "backend": "torch.ao"}, r"backend .*weight_only.*got 'torch.ao'"),
     ],
 )
@@ -177,7 +177,7 @@ def test_dynamic_int8_block_sqnr(
 
 def test_quantize_model_function(digits_mlp: nn.Module, digits_calibration: list) -> None:
     dyn = optimizers.quantize_model(digits_mlp, quantization_type="dynamic")
-    assert any(type(m).__name__ == "Linear" and "dynamic" in type(m).__module__ for m in dyn.modules())
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in dyn.modules())
     static = optimizers.quantize_model(digits_mlp, digits_calibration, quantization_type="static")
     assert static is not digits_mlp
     with pytest.raises(ConfigError, match="calibration_loader is required"):
@@ -187,7 +187,7 @@ def test_quantize_model_function(digits_mlp: nn.Module, digits_calibration: list
 def test_full_range_activations(transformer_block: nn.Module, block_inputs: tuple) -> None:
     from optimizers._backends._torch_ao import FullRangeDynamicLinear
 
-    seven = DynamicQuantizer(transformer_block).optimize()
+    seven = DynamicQuantizer(transformer_block, QuantizationConfig(reduce_range=True)).optimize()
     eight = DynamicQuantizer(transformer_block, QuantizationConfig(reduce_range=False)).optimize()
     assert isinstance(eight.linear1, FullRangeDynamicLinear)
     assert not isinstance(seven.linear1, FullRangeDynamicLinear)
@@ -199,3 +199,15 @@ def test_full_range_activations(transformer_block: nn.Module, block_inputs: tupl
     # load_state_dict resets torch.ao's ``version`` attribute; the class keeps full range.
     eight.load_state_dict(seven.state_dict())
     assert isinstance(eight.linear1, FullRangeDynamicLinear)
+
+
+def test_reduce_range_auto_follows_vnni(transformer_block: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimizers._backends import _torch_ao
+
+    for has_vnni in (True, False):
+        monkeypatch.setattr(_torch_ao, "cpu_has_vnni", lambda v=has_vnni: v)
+        q = DynamicQuantizer(transformer_block, QuantizationConfig(engine="x86")).optimize()
+        assert isinstance(q.linear1, _torch_ao.FullRangeDynamicLinear) is has_vnni
+    monkeypatch.setattr(_torch_ao, "cpu_has_vnni", lambda: True)
+    q = DynamicQuantizer(transformer_block, QuantizationConfig(engine="qnnpack")).optimize()
+    assert not isinstance(q.linear1, _torch_ao.FullRangeDynamicLinear)  # qnnpack ignores it anyway

@@ -49,8 +49,21 @@ class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
         return y.to(x.dtype)  # type: ignore[no-any-return]
 
 
+def cpu_has_vnni() -> bool:
+    """AVX512-VNNI or AVX-VNNI on this CPU (Linux ``/proc/cpuinfo``; False when unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_vnni", "avx_vnni"} & flags)
+    except OSError:
+        pass
+    return False
+
+
 def quantize_dynamic(
-    model: nn.Module, *, bits: int, per_channel: bool, engine: str, reduce_range: bool = True
+    model: nn.Module, *, bits: int, per_channel: bool, engine: str, reduce_range: bool | None = True
 ) -> tuple[nn.Module, str]:
     from torch.ao.quantization import (
         default_dynamic_qconfig,
@@ -62,6 +75,8 @@ def quantize_dynamic(
     )
 
     engine = _select_engine(engine)
+    if reduce_range is None:  # auto: full 8-bit activations only where they cannot saturate
+        reduce_range = not (engine in ("x86", "fbgemm") and cpu_has_vnni())
     if bits == 16:
         qconfig, dtype = float16_dynamic_qconfig, torch.float16
     else:
