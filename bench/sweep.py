@@ -141,7 +141,7 @@ def install_timers() -> None:
     def write(self: ResultsWriter, row: Any) -> Any:
         if int(row["trial_number"]) >= 0:
             ROWS.append({k: row.get(k) for k in ("trial_number", "duration_s", "latency_ms", "duplicate_of",
-                                                  "cpu_affinity", "state")})
+                                                  "cpu_affinity", "state", "precision")})
         return _timed("write", real_write)(self, row)
     ResultsWriter.write = write  # type: ignore[method-assign]
     real_loop = Driver._loop
