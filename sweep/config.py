@@ -39,6 +39,13 @@ CONSTRAINT_KEYS = {
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
+def _known_keys(v: dict[str, Any], allowed: Any, what: str) -> Any:
+    for k in v:
+        if k not in allowed:
+            raise ValueError(f"unknown {what} {k!r}; allowed: {', '.join(allowed)}")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -148,18 +155,12 @@ class SweepConfig(_Strict):
     def _objectives(cls, v: dict[str, str]) -> dict[str, str]:
         if not v:
             raise ValueError("needs at least one objective")
-        for k in v:
-            if k not in METRICS:
-                raise ValueError(f"unknown metric {k!r}; allowed: {', '.join(METRICS)}")
-        return v
+        return _known_keys(v, METRICS, "metric")
 
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, v: dict[str, float]) -> dict[str, float]:
-        for k in v:
-            if k not in CONSTRAINT_KEYS:
-                raise ValueError(f"unknown constraint {k!r}; allowed: {', '.join(CONSTRAINT_KEYS)}")
-        return v
+        return _known_keys(v, CONSTRAINT_KEYS, "constraint")
 
     @field_validator("pruning")
     @classmethod
