@@ -150,6 +150,16 @@ class SweepConfig(_Strict):
             raise ValueError(f"must be a 'module:attr' reference; got {v!r}")
         return v
 
+    @field_validator("out")
+    @classmethod
+    def _out(cls, v: str) -> str:
+        # The writer renames temp files into place; object stores have no rename. Refuse rather
+        # than write a local folder literally named "s3:" (see docs/cluster.md).
+        if "://" in v and not v.startswith("file://"):
+            raise ValueError("object-store URIs are not supported by the results writer yet; use a local or "
+                             f"shared-filesystem path; got {v!r}")
+        return v.removeprefix("file://")
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v: dict[str, str]) -> dict[str, str]:
@@ -234,8 +244,8 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 
 def resolve_out(cfg: SweepConfig, config_dir: Path) -> str:
-    """``out`` relative to the config's folder unless absolute or a URI."""
-    if "://" in cfg.out or os.path.isabs(cfg.out):
+    """``out`` relative to the config's folder unless absolute."""
+    if os.path.isabs(cfg.out):
         return cfg.out
     return str((config_dir / cfg.out).resolve())
 
