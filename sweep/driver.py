@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from analysis.schema import BASELINE_TRIAL
@@ -235,15 +236,27 @@ class Driver:
 
         from optimizers._utils import load_callable
 
-        def call(spec: str | None) -> Any:
-            return load_callable(spec, self.config_dir)() if spec else None
+        def call(key: str) -> Any:
+            spec = getattr(self.cfg, key)
+            if not spec:
+                return None
+            fn = load_callable(spec, self.config_dir)  # ConfigError names the reference
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - the user's code: one line naming the key, exit 1
+                raise SweepError(f"config key '{key}': {spec}() raised {type(exc).__name__}: "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
 
-        inputs = call(self.cfg.example_inputs)
+        inputs = call("example_inputs")
         if not isinstance(inputs, (tuple, list)):
             inputs = (inputs,)
-        calib = call(self.cfg.calibration)
+        calib = call("calibration")
         calib = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calib] if calib is not None else None
-        return ray.put({"model": call(self.cfg.model).eval(), "example_inputs": tuple(inputs), "calibration": calib})
+        model = call("model")
+        if not isinstance(model, torch.nn.Module):
+            raise SweepError(f"config key 'model': {self.cfg.model}() must return a torch.nn.Module; "
+                             f"got {type(model).__name__}")
+        return ray.put({"model": model.eval(), "example_inputs": tuple(inputs), "calibration": calib})
 
     def _enqueue_grid(self, study: optuna.Study) -> None:
         existing = set()

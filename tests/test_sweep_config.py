@@ -139,3 +139,16 @@ def test_cli_run_bad_config_writes_nothing(tmp_path: Path) -> None:
 def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run", str(tmp_path / "nope.yaml")])
     assert res.exit_code == 2 and "cannot read config" in res.output
+
+
+def test_cli_run_model_factory_error_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(
+        "def model():\n    raise RuntimeError('checkpoint missing')\n\ndef inputs():\n    return ()\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "model": "broken:model", "example_inputs": "broken:inputs",
+                                 "out": str(tmp_path / "out")}))
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "run", str(p), "--quiet"], capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    assert "config key 'model': broken:model() raised RuntimeError: checkpoint missing" in proc.stderr
