@@ -159,4 +159,4 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, step: int) ->
     loss = nn.functional.cross_entropy(model(xtr[i : i + 64]), ytr[i : i + 64])
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())

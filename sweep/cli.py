@@ -87,51 +87,13 @@ def run(
 
 
 def _print_front(out: str) -> None:
-    """The Pareto-optimal trials (feasible, noise-aware), as ``optsweep pareto OUT`` prints them."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from analysis.dataset import load_results
-    from analysis.pareto import pareto_front
+    """The Pareto-optimal trials, exactly as ``optsweep pareto OUT`` prints them."""
+    from analysis.cli import pareto_cmd
 
     try:
-        pr = pareto_front(load_results(out))
+        pareto_cmd(Path(out))
     except Exception as exc:  # noqa: BLE001 - the sweep succeeded; the summary is best-effort
         typer.echo(f"(no Pareto table: {exc})", err=True)
-        return
-    front = pr.front
-    if "duplicate_of" in front.columns:  # a repeated configuration is one point, not two
-        front = front[front["duplicate_of"].isna()]
-    table = Table(title=f"Pareto front: {len(front)} of {len(pr.table)} rows ("
-                        + ", ".join(f"{o.name} {o.direction[:3]}" for o in pr.objectives) + ")")
-    for c in ("trial", "pruning", "quantization", "precision", "latency ms", "± IQR", "size bytes", "accuracy",
-              "speedup", "compression", "acc drop"):
-        table.add_column(c, justify="left" if c in ("pruning", "quantization", "precision") else "right")
-    for _, r in front.iterrows():
-        pruning = "none" if r["pruning_method"] == "none" else f"{r['pruning_method']} {r['pruning_amount']:.2f}"
-        quant = "none" if r["quantization_type"] == "none" else f"{r['quantization_type']} int{int(r['quantization_bits'])}"
-        if r["quantization_type"] == "dynamic" and int(r["quantization_bits"]) == 16:
-            quant = "dynamic fp16"
-        table.add_row(str(r["trial_number"]), pruning, quant, str(r["precision"]), _fmt(r["latency_ms"]),
-                      _fmt(r["latency_iqr_ms"]), str(int(r["size_bytes"])), _fmt(r["accuracy"]),
-                      _fmt(r["speedup"]) + "x", _fmt(r["compression_ratio"]) + "x", _fmt(r["accuracy_drop"]))
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=140)
-    console.print(table)
-    if len(pr.ties):
-        typer.echo(f"{len(pr.ties)} pair(s) of front points tie on latency within their IQRs "
-                   "(neither is faster beyond noise).")
-
-
-def _fmt(v: Any) -> str:
-    import math
-
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
 
 
 def _register_extensions() -> None:
