@@ -79,7 +79,9 @@ def run(
     except OptsweepError as exc:
         raise fail(str(exc), 1) from None
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
-    typer.echo(f"{summary.n_rows} trials in {summary.out}/results ({states}); {summary.duration_s:.0f} s", err=True)
+    from .config import redact
+
+    typer.echo(f"{summary.n_rows} trials in {redact(summary.out)} ({states}); {summary.duration_s:.0f} s", err=True)
     _print_front(summary.out)
     if summary.interrupted:
         typer.echo("interrupted: finished trials are kept; run the same command to continue", err=True)

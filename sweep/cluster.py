@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .config import load_config, redact
+from .config import SECRET_QUERY, load_config, redact
 from .errors import ConfigError, OptsweepError
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def redact_text(text: str) -> str:
     >>> redact_text("run c.yaml --out s3://AKIA:secret@bucket/x")
     'run c.yaml --out s3://***@bucket/x'
     """
+    text = SECRET_QUERY.sub(lambda m: f"{m.group(1)}***", text)
     return _CREDENTIALS.sub(lambda m: f"{m.group(1)}***@", text)
 
 

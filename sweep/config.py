@@ -36,6 +36,8 @@ CONSTRAINT_KEYS = {
     "min_speedup": ("speedup", "min"),
     "min_compression_ratio": ("compression_ratio", "min"),
 }
+OUT_SCHEMES = ("s3", "gs", "hdfs", "abfs", "abfss")
+SECRET_QUERY = re.compile(r"((?:secret_key|access_key|session_token|password|token|sas_token)=)[^&\s]+", re.I)
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -153,12 +155,22 @@ class SweepConfig(_Strict):
     @field_validator("out")
     @classmethod
     def _out(cls, v: str) -> str:
-        # The writer renames temp files into place; object stores have no rename. Refuse rather
-        # than write a local folder literally named "s3:" (see docs/cluster.md).
-        if "://" in v and not v.startswith("file://"):
-            raise ValueError("object-store URIs are not supported by the results writer yet; use a local or "
-                             f"shared-filesystem path; got {v!r}")
-        return v.removeprefix("file://")
+        if "://" in v:
+            scheme = v.split("://", 1)[0]
+            if scheme == "file":
+                return v.removeprefix("file://")
+            if scheme not in OUT_SCHEMES:
+                raise ValueError(f"URI scheme must be one of {', '.join(OUT_SCHEMES)} (or a path); got {scheme!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _remote_out_needs_storage(self) -> SweepConfig:
+        if "://" in self.out and self.storage is None:
+            # The default study storage is a journal file inside `out`, and object stores have
+            # no appendable files: the study needs a database.
+            raise ValueError("@storage: required when 'out' is an object-store URI "
+                             "(e.g. sqlite:////shared/study.db or postgresql://...)")
+        return self
 
     @field_validator("objectives")
     @classmethod
@@ -203,12 +215,15 @@ def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-after", "Range", "list[")))
     msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"] and msg.startswith("@"):  # a cross-field rule names its key as "@key: ..."
+        loc, msg = msg[1:].split(": ", 1)
+        err = {**err, "loc": (loc,)}
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "literal_error":
         msg = msg.replace("Input should be", "must be one of")
     msg = msg.replace("Input should be", "must be")
-    others = {str(e["loc"][0]) for e in exc.errors()} - {str(err["loc"][0])}
+    others = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} - {str(err["loc"][0])}
     extra = f" (also invalid: {', '.join(sorted(others))})" if others else ""
     got = err.get("input")
     skip = err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) or "got " in msg
@@ -244,16 +259,23 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 
 def resolve_out(cfg: SweepConfig, config_dir: Path) -> str:
-    """``out`` relative to the config's folder unless absolute."""
-    if os.path.isabs(cfg.out):
+    """``out`` relative to the config's folder unless absolute or a URI."""
+    if "://" in cfg.out or os.path.isabs(cfg.out):
         return cfg.out
     return str((config_dir / cfg.out).resolve())
 
 
 def redact(url: str | None) -> str | None:
-    """Hide credentials in a storage URL: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
+    """Hide credentials in a storage URL, in the user part and in query parameters.
+
+    >>> redact("postgresql://u:secret@h/db")
+    'postgresql://u:***@h/db'
+    >>> redact("s3://b/x?region=eu&secret_key=abc&access_key=AKIA")
+    's3://b/x?region=eu&secret_key=***&access_key=***'
+    """
     if not url or "://" not in url:
         return url
+    url = SECRET_QUERY.sub(lambda m: f"{m.group(1)}***", url)
     parts = urlsplit(url)
     if parts.password is None and "@" not in parts.netloc:
         return url
@@ -266,4 +288,5 @@ def redact(url: str | None) -> str | None:
 def config_json(cfg: SweepConfig) -> str:
     data = cfg.model_dump(mode="json")
     data["storage"] = redact(data.get("storage"))
+    data["out"] = redact(data.get("out"))
     return json.dumps(data, sort_keys=True)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import time
 from collections import deque
@@ -109,10 +108,7 @@ class Driver:
             "objectives": self.cfg.objectives, "constraints": self.cfg.constraints,
             "storage": redact(self.cfg.storage), "config": json.loads(_config_json(self.cfg)),
         }
-        path = Path(self.out) / "sweep.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, path)
+        self.writer.write_text("sweep.json", json.dumps(manifest, indent=2))
 
     def _open_study(self) -> optuna.Study:
         directions = self.cfg.directions()

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .config import SweepConfig
+from .config import SweepConfig, redact
 
 
 class Progress:
@@ -30,7 +30,7 @@ class Progress:
         self.total, self.done, self.start_done = total, done, done
         self.t0 = time.monotonic()
         if done:
-            self._log(f"resuming: {done}/{total} trials already in {self.cfg.out}")
+            self._log(f"resuming: {done}/{total} trials already in {redact(self.cfg.out)}")
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress

@@ -52,8 +52,18 @@ def to_table(rows: list[Mapping[str, Any]], schema: pa.Schema = SCHEMA) -> pa.Ta
     return pa.Table.from_pydict(arrays, schema=schema)
 
 
+def is_uri(out: str | Path) -> bool:
+    """True for an object-store/filesystem URI (``s3://...``); False for a local path."""
+    return "://" in str(out)
+
+
 class ResultsWriter:
     """Writes trial rows under ``OUT/results`` with the sweep's metadata.
+
+    ``out`` is a local or shared-filesystem path (temp file + fsync + ``os.replace``: atomic), or
+    a pyarrow filesystem URI such as ``s3://bucket/prefix?endpoint_override=...`` (no rename
+    exists; each row is one object that appears only when its upload completes, and only the
+    driver writes, so no reader sees a partial row).
 
     >>> import tempfile
     >>> w = ResultsWriter(tempfile.mkdtemp(), {"latency_ms": "minimize"}, {}, "demo")
@@ -63,20 +73,36 @@ class ResultsWriter:
 
     def __init__(self, out: str | Path, objectives: Mapping[str, str], constraints: Mapping[str, Any],
                  study_name: str) -> None:
-        self.out = Path(out)
+        self.remote = is_uri(out)
+        if self.remote:
+            import pyarrow.fs as pafs
+
+            self.fs, base = pafs.FileSystem.from_uri(str(out))
+            self._rdir = f"{base.rstrip('/')}/results"
+            self._base = base.rstrip("/")
+            self.fs.create_dir(self._rdir, recursive=True)
+        self.out = Path(str(out)) if not self.remote else Path(self._base)
         self.dir = self.out / "results"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.remote:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.schema = schema_with_metadata(objectives, constraints, study_name)
 
-    def path_for(self, trial_number: int) -> Path:
-        if trial_number == BASELINE_TRIAL:
-            return self.dir / "baseline.parquet"
-        return self.dir / f"trial-{trial_number:06d}.parquet"
+    @staticmethod
+    def _name(trial_number: int) -> str:
+        return "baseline.parquet" if trial_number == BASELINE_TRIAL else f"trial-{trial_number:06d}.parquet"
 
-    def write(self, row: Mapping[str, Any]) -> Path:
+    def path_for(self, trial_number: int) -> Path:
+        return self.dir / self._name(trial_number)
+
+    def write(self, row: Mapping[str, Any]) -> str:
         """Write one row atomically; returns its path."""
         table = to_table([row], self.schema)
-        final = self.path_for(int(row["trial_number"]))
+        name = self._name(int(row["trial_number"]))
+        if self.remote:
+            path = f"{self._rdir}/{name}"
+            pq.write_table(table, path, filesystem=self.fs)  # one object, visible once complete
+            return path
+        final = self.dir / name
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".parquet.partial")
         os.close(fd)
         try:
@@ -87,31 +113,58 @@ class ResultsWriter:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return final
+        return str(final)
+
+    def write_text(self, name: str, text: str) -> None:
+        """A small side file next to ``results/`` (e.g. ``sweep.json``), replaced atomically."""
+        if self.remote:
+            with self.fs.open_output_stream(f"{self._base}/{name}") as f:
+                f.write(text.encode())
+            return
+        path = self.out / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def _names(self) -> list[str]:
+        if self.remote:
+            import pyarrow.fs as pafs
+
+            infos = self.fs.get_file_info(pafs.FileSelector(self._rdir, allow_not_found=True))
+            return [i.base_name for i in infos if i.type == pafs.FileType.File]
+        return [p.name for p in self.dir.iterdir()]
 
     def existing_trials(self) -> set[int]:
         """Trial numbers that already have a row (baseline excluded)."""
         out = set()
-        for p in self.dir.glob("trial-*.parquet"):
+        for name in self._names():
+            if not (name.startswith("trial-") and name.endswith(".parquet")):
+                continue
             try:
-                out.add(int(p.stem.split("-")[1]))
-            except (IndexError, ValueError):
+                out.add(int(name[len("trial-"):-len(".parquet")]))
+            except ValueError:
                 continue
         return out
 
     def read(self, trial_number: int) -> dict[str, Any] | None:
-        path = self.path_for(trial_number)
-        if not path.exists():
-            return None
-        rows = pq.read_table(path).to_pylist()
+        name = self._name(trial_number)
+        if self.remote:
+            if name not in self._names():
+                return None
+            rows = pq.read_table(f"{self._rdir}/{name}", filesystem=self.fs).to_pylist()
+        else:
+            path = self.dir / name
+            if not path.exists():
+                return None
+            rows = pq.read_table(path).to_pylist()
         return rows[0] if rows else None
 
     def clean_partials(self) -> int:
         """Remove temp files a crashed writer left behind; they were never visible as rows."""
+        if self.remote:
+            return 0  # uploads are all-or-nothing: nothing partial to clean
         n = 0
         for p in self.dir.glob(".tmp-*"):
             p.unlink(missing_ok=True)
             n += 1
         return n
-
-

@@ -41,7 +41,8 @@ BASE = {"name": "t", "model": "tiny:model", "example_inputs": "tiny:example_inpu
         ({"trial_timeout_s": -1}, r"config key 'trial_timeout_s'"),
         ({"pruning": {"importance": "vibes"}}, r"config key 'pruning': PruningConfig.importance must be one of"),
         ({"pruning": {"unknown_opt": 1}}, r"config key 'pruning': unknown pruning option 'unknown_opt'"),
-        ({"out": "s3://bucket/runs"}, r"config key 'out': object-store URIs are not supported"),
+        ({"out": "ftp://host/runs"}, r"config key 'out': URI scheme must be one of s3, gs"),
+        ({"out": "s3://bucket/runs"}, r"config key 'storage': required when 'out' is an object-store URI"),
     ],
 )
 def test_bad_config_names_the_key(patch: dict, match: str) -> None:
