@@ -103,7 +103,9 @@ def check_feasible(recipe: Recipe, device: torch.device | str) -> str | None:
         return f"static int8 quantization has no kernel on {device.type}"
     if qt == "dynamic" and bits == 16 and device.type != "cpu":
         return "fp16-weight dynamic quantization is a CPU path; use precision fp16 on GPU"
-    if recipe.precision != "fp32" and device.type == "cuda":
+    # bf16 without native support would silently fall back to fp32 and be labelled bf16;
+    # fp16 on a CPU is allowed: it runs (emulated, slowly) and the data shows it.
+    if recipe.precision == "bf16" or (recipe.precision != "fp32" and device.type == "cuda"):
         ok, reason = device_supports(PRECISIONS[recipe.precision], device)
         if not ok:
             return reason

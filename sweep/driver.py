@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from .space import complete, grid, suggest, to_recipe
 from .trial import TrialSpec, constraint_values
 
 log = logging.getLogger("optsweep")
+WORKER_START_TIMEOUT_S = float(os.environ.get("OPTSWEEP_WORKER_START_TIMEOUT_S", 300))
 ENV_COLUMNS = ("hardware", "device", "threads", "torch_version", "quantized_engine", "cpu_capability")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -92,7 +94,11 @@ class Driver:
         self.config_dir = Path(config_dir)
         self.address = address
         self.out = resolve_out(cfg, self.config_dir)
-        self.writer = ResultsWriter(self.out, cfg.objectives, cfg.constraints, cfg.name)
+        try:
+            self.writer = ResultsWriter(self.out, cfg.objectives, cfg.constraints, cfg.name)
+        except (OSError, ValueError) as exc:  # pyarrow: bad URI, no bucket, no permission
+            raise ConfigError(f"config key 'out': cannot write to {redact(self.out)}: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
         self.progress = Progress(cfg, enabled=progress)
         self.study: optuna.Study | None = None
         self.seen: dict[str, dict[str, Any]] = {}  # recipe key -> row (never measure twice)
@@ -121,7 +127,7 @@ class Driver:
         stored = [d.name.lower() for d in study.directions]
         if stored != directions:
             raise ConfigError(f"config key 'objectives': directions {directions} differ from the existing study's "
-                              f"{stored} in {self.out}; use a new 'out' or 'name'")
+                              f"{stored} in {redact(self.out)}; use a new 'out' or 'name'")
         return study
 
     def _reconcile(self, study: optuna.Study) -> int:
@@ -168,9 +174,9 @@ class Driver:
         from . import executor
 
         t_start = time.perf_counter()
-        self._write_manifest()
         study = self.study = self._open_study()
         done = self._reconcile(study)
+        self._write_manifest()  # only once the study accepted this config
         remaining = self.cfg.n_trials - done
         if self.cfg.sampler == "grid":
             self._enqueue_grid(study)
@@ -209,7 +215,9 @@ class Driver:
             signal.signal(signal.SIGINT, old_handler)
             for row in getattr(self, "_finished", []):  # measured but not yet persisted
                 self._finish(study, row)
-            unfinished = [f.spec for f in pool.inflight.values()] + list(getattr(self, "_ready", []))
+            unfinished = [f.spec for f in pool.inflight.values() if f.spec.trial_number >= 0]  # not the baseline
+            unfinished += list(getattr(self, "_ready", []))
+            unfinished += [spec for specs in getattr(self, "_waiting", {}).values() for spec in specs]
             for spec in unfinished:  # asked but not finished: fail in the study, re-queue for resume
                 study.tell(spec.trial_number, state=TrialState.FAIL, skip_if_finished=True)
                 study.enqueue_trial(dict(spec.params), user_attrs={"requeued_from": spec.trial_number})
@@ -232,11 +240,20 @@ class Driver:
 
         from optimizers._utils import load_callable
 
+        fns = {}
+        for key in ("model", "example_inputs", "evaluate", "calibration", "train_step"):
+            spec = getattr(self.cfg, key)
+            if spec:  # resolve all of them here: a typo must not surface from inside a worker
+                try:
+                    fns[key] = load_callable(spec, self.config_dir)
+                except ConfigError as exc:
+                    raise ConfigError(f"config key '{key}': {exc}") from None
+
         def call(key: str) -> Any:
             spec = getattr(self.cfg, key)
             if not spec:
                 return None
-            fn = load_callable(spec, self.config_dir)  # ConfigError names the reference
+            fn = fns[key]
             try:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - the user's code: one line naming the key, exit 1
@@ -286,7 +303,10 @@ class Driver:
         from optimizers.recipe import check_feasible
 
         state = {"asked": 0}
+        finished: list[dict[str, Any]] = []  # rows to persist + tell, in order
+        self._finished = finished
         waiting_dups: dict[str, list[TrialSpec]] = {}
+        self._waiting = waiting_dups
         inflight_keys: dict[str, int] = {}
         ready: deque[TrialSpec] = deque()  # asked ahead, to dispatch as soon as a worker frees
         self._ready = ready
@@ -302,16 +322,14 @@ class Driver:
             reason = check_feasible(recipe, base.device)
             if reason:
                 self._finish(study, self._infeasible(spec, reason))
-            elif key in self.seen:
-                self._finish(study, self._duplicate(spec, self.seen[key]))
+            elif key in self.seen:  # queued behind its original, which may not be persisted yet
+                finished.append(self._duplicate(spec, self.seen[key]))
             elif key in inflight_keys:
                 waiting_dups.setdefault(key, []).append(spec)
             else:
                 inflight_keys[key] = spec.trial_number
                 ready.append(spec)
 
-        finished: list[dict[str, Any]] = []
-        self._finished = finished
         while True:
             while pool.has_free() and (ready or state["asked"] < remaining):
                 if ready:
@@ -420,7 +438,14 @@ class _Pool:
         import ray
 
         actors = [self.ex.make_worker(*self.args) for _ in range(n)]
-        ray.get([a.prepare.remote(self._payload) for a in actors])
+        try:
+            ray.get([a.prepare.remote(self._payload) for a in actors], timeout=WORKER_START_TIMEOUT_S)
+        except self.ex.GetTimeout:
+            for a in actors:
+                ray.kill(a, no_restart=True)
+            raise SweepError(f"no worker could start within {WORKER_START_TIMEOUT_S:.0f} s: no node can place "
+                             f"a worker with {self.args[2]} CPU / {self.args[3]} GPU / {self.args[6]} "
+                             "(resources.* larger than any single node?)") from None
         self.free.extend(actors)
 
     def has_free(self) -> bool:

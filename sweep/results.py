@@ -149,14 +149,17 @@ class ResultsWriter:
     def read(self, trial_number: int) -> dict[str, Any] | None:
         name = self._name(trial_number)
         if self.remote:
-            if name not in self._names():
+            import pyarrow.fs as pafs
+
+            remote_path = f"{self._rdir}/{name}"
+            if self.fs.get_file_info(remote_path).type == pafs.FileType.NotFound:  # one HEAD, not a LIST
                 return None
-            rows = pq.read_table(f"{self._rdir}/{name}", filesystem=self.fs).to_pylist()
+            rows = pq.read_table(remote_path, filesystem=self.fs).to_pylist()
         else:
-            path = self.dir / name
-            if not path.exists():
+            local = self.dir / name
+            if not local.exists():
                 return None
-            rows = pq.read_table(path).to_pylist()
+            rows = pq.read_table(local).to_pylist()
         return rows[0] if rows else None
 
     def clean_partials(self) -> int:

@@ -92,7 +92,7 @@ def grid(space: SearchSpace) -> list[dict[str, Any]]:
     if not amounts:
         amt = space.pruning_amount
         assert isinstance(amt, Range)
-        amounts = [float(x) for x in np.linspace(amt.low, amt.high, 5)]
+        amounts = sorted({round(float(x), 6) for x in np.linspace(amt.low, amt.high, 5)})
     points: list[dict[str, Any]] = []
     pruning = [{"pruning_method": "none"}] + [
         {"pruning_method": m, "pruning_amount": a} for m in space.pruning_method if m != "none" for a in amounts

@@ -244,6 +244,7 @@ def run_baseline(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
     row = run_trial(base_spec, ctx, baseline=None)
     if row["state"] == "COMPLETE":
         row.update(derived(row, row))
-        row["feasible"] = True
-        row["constraint_violation"] = 0.0
+        violations = constraint_values(row, spec.constraints)  # e.g. min_accuracy can exclude it
+        row["feasible"] = all(v <= 0 for v in violations)
+        row["constraint_violation"] = float(sum(max(v, 0.0) for v in violations))
     return row

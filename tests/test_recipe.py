@@ -201,3 +201,11 @@ def test_pruning_options_are_validated(digits_mlp: nn.Module, digits_inputs: tup
     _, info = apply_recipe(digits_mlp, r, example_inputs=digits_inputs,
                            pruning_options={"n_iterations": 1, "ignored_layers": ("net.5",)})
     assert "net.5.weight" not in info["pruning"]["layer_sparsity"]
+
+
+def test_bf16_without_native_support_is_infeasible_not_silently_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimizers import recipe as recipe_mod
+
+    monkeypatch.setattr(recipe_mod, "device_supports", lambda dtype, device: (False, "CPU lacks native bf16"))
+    assert check_feasible(Recipe(precision="bf16"), "cpu") == "CPU lacks native bf16"
+    assert check_feasible(Recipe(precision="fp16"), "cpu") is None  # emulated fp16 runs, and the data shows it

@@ -153,3 +153,21 @@ def test_cli_run_model_factory_error_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert "config key 'model': broken:model() raised RuntimeError: checkpoint missing" in proc.stderr
+
+
+def test_non_utf8_config_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(p)
+
+
+def test_cli_run_typo_in_evaluate_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "okmod.py").write_text((Path(__file__).parent / "sweep_models" / "tiny.py").read_text())
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "model": "okmod:model", "example_inputs": "okmod:example_inputs",
+                                 "evaluate": "okmod:evaluat", "out": str(tmp_path / "out")}))
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "run", str(p), "--quiet"], capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr and "config key 'evaluate'" in proc.stderr

@@ -37,7 +37,7 @@ def config(tmp_path: Path, **over):  # type: ignore[no-untyped-def]
         "calibration": "tiny:calibration",
         "search": {"pruning_method": ["none", "magnitude"], "pruning_amount": [0.5],
                    "quantization_type": ["none", "dynamic"], "quantization_bits": [8],
-                   "precision": ["fp32", "bf16"]},
+                   "precision": ["fp32", "fp16"]},
         "n_trials": 6, "sampler": "grid", "workers": 2, "trial_timeout_s": 60, "out": str(tmp_path / "out"),
         "measure": {"warmup": 1, "min_run_time_s": 0.02},
     }
@@ -108,7 +108,7 @@ def test_resume_after_driver_stops(tmp_path: Path, sig: int) -> None:
         "evaluate": "tiny:evaluate",
         "search": {"pruning_method": ["none", "magnitude", "random"], "pruning_amount": {"low": 0.1, "high": 0.9,
                                                                                           "step": 0.1},
-                   "precision": ["fp32", "bf16"]},
+                   "precision": ["fp32", "fp16"]},
         "n_trials": 12, "sampler": "random", "workers": 1, "out": str(out),
         "measure": {"warmup": 1, "min_run_time_s": 0.3},
     }

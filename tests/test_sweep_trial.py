@@ -70,7 +70,7 @@ def test_fidelity_when_no_evaluate(ctx: TrialContext) -> None:
     plain = TrialContext(model=ctx.model, example_inputs=ctx.example_inputs)
     base = run_baseline(spec(0), plain)
     assert base["accuracy"] == pytest.approx(1.0, abs=1e-6)
-    row = run_trial(spec(5, precision="bf16"), plain, base)
+    row = run_trial(spec(5, precision="fp16"), plain, base)
     assert 0.99 < row["accuracy"] <= 1.0 + 1e-6
 
 
@@ -86,7 +86,7 @@ def test_writer_is_atomic_and_typed(tmp_path: Path, ctx: TrialContext) -> None:
     w = ResultsWriter(tmp_path, {"latency_ms": "minimize"}, {}, "t")
     base = run_baseline(spec(0), ctx)
     w.write(base)
-    w.write(run_trial(spec(0, precision="bf16"), ctx, base))
+    w.write(run_trial(spec(0, precision="fp16"), ctx, base))
     (w.dir / ".tmp-crashed.parquet.partial").write_bytes(b"PAR1 half")  # a crashed writer's leftovers
     df = pd.read_parquet(tmp_path / "results")
     assert sorted(df.trial_number) == [-1, 0]
@@ -101,5 +101,5 @@ def test_out_of_memory_is_recorded_as_oom(ctx: TrialContext) -> None:
         raise MemoryError("cannot allocate 64 GiB")
 
     bad = TrialContext(model=ctx.model, example_inputs=ctx.example_inputs, evaluate=oom)
-    row = run_trial(spec(7, precision="bf16"), bad, None)
+    row = run_trial(spec(7, precision="fp16"), bad, None)
     assert row["state"] == "FAIL" and row["error_type"] == "OOM"

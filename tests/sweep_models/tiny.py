@@ -2,7 +2,7 @@
 
 - ``evaluate``: honest fidelity-style score.
 - ``evaluate_chaos``: dynamic-quantized model -> the worker process dies (os._exit);
-  bf16/fp16 wrapper -> hangs; heavily pruned -> raises. Everything else scores normally.
+  reduced-precision wrapper -> hangs; heavily pruned -> raises. Everything else scores normally.
 """
 
 from __future__ import annotations
