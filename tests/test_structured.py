@@ -171,10 +171,11 @@ def test_save_reload_and_trace_give_identical_outputs(name: str, pruned_half: di
 
 
 def test_mlp_chained_layers_lose_about_one_minus_keep_squared(pruned_half: dict) -> None:
-    _, _, small, info, _ = pruned_half["mlp"]
-    assert info["layer_shapes"] == {"net.1": 256, "net.3": 256}
-    assert small.net[3].weight.shape == (256, 256)  # 1 - 0.5**2 = 75% of the hidden matrix
-    assert small.net[5].weight.shape == (10, 256)  # the classifier keeps its outputs
+    model, _, small, info, _ = pruned_half["mlp"]
+    half = model.net[1].out_features // 2
+    assert info["layer_shapes"] == {"net.1": half, "net.3": half}
+    assert small.net[3].weight.shape == (half, half)  # 1 - 0.5**2 = 75% of the hidden matrix
+    assert small.net[5].weight.shape == (10, half)  # the classifier keeps its outputs
 
 
 def test_residual_channels_pruned_together(pruned_half: dict) -> None:
@@ -226,7 +227,8 @@ def test_ignored_layers_keep_their_outputs() -> None:
     model, x = MODELS["mlp"]()
     small, info = structured_prune(model, cfg(amount=0.5, ignored_layers=("net.1",)),
                                    example_inputs=x)
-    assert small.net[1].out_features == 512 and small.net[3].out_features == 256
+    hidden = model.net[1].out_features
+    assert small.net[1].out_features == hidden and small.net[3].out_features == hidden // 2
     assert "net.1" not in info["layer_shapes"]
 
 
@@ -253,7 +255,8 @@ def test_layer_amounts_override_per_layer() -> None:
     model, x = MODELS["mlp"]()
     small, _ = structured_prune(model, cfg(amount=0.5, layer_amounts={"net.1": 0.75}),
                                 example_inputs=x)
-    assert (small.net[1].out_features, small.net[3].out_features) == (128, 256)
+    hidden = model.net[1].out_features
+    assert (small.net[1].out_features, small.net[3].out_features) == (hidden // 4, hidden // 2)
 
 
 def test_layer_amounts_on_attention_set_the_head_amount() -> None:
