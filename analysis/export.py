@@ -257,6 +257,7 @@ def export_trial(
         "calibration": list(calibration_fn()) if calibration_fn else None,
         "device": device,
         "pruning_options": manifest.get("pruning") or None,
+        "quantization_options": manifest.get("quantization") or None,
         "evaluate": evaluate,
     }
     if train_step is not None:

@@ -125,6 +125,7 @@ def apply_recipe(
     calibration: Iterable[tuple[torch.Tensor, ...]] | None = None,
     device: torch.device | str = "cpu",
     pruning_options: Mapping[str, Any] | None = None,
+    quantization_options: Mapping[str, Any] | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
     train_step: Callable[..., Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -155,7 +156,7 @@ def apply_recipe(
 
     if recipe.quantization_type != "none":
         qcfg = QuantizationConfig(quantization_type=recipe.quantization_type,
-                                  bits=int(recipe.quantization_bits or 8))
+                                  bits=int(recipe.quantization_bits or 8), **dict(quantization_options or {}))
         quantizer = make_quantizer(out, qcfg, calibration=calib, example_inputs=inputs)
         out = quantizer.optimize()
         info["quantization"] = quantizer.get_size_info()

@@ -143,6 +143,7 @@ class SweepConfig(_Strict):
     out: str = "runs/sweep"
     storage: str | None = None
     pruning: dict[str, Any] = {}
+    quantization: dict[str, Any] = {}
     measure: Measure = Measure()
 
     @field_validator("model", "example_inputs", "evaluate", "calibration", "train_step")
@@ -197,6 +198,19 @@ class SweepConfig(_Strict):
                 raise ValueError(f"unknown pruning option {k!r}; allowed: {', '.join(sorted(allowed))}")
         try:
             PruningConfig(method="magnitude", amount=0.1, **v)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from optimizers.quantization import QuantizationConfig
+
+        allowed = ("per_channel", "reduce_range", "engine", "backend")
+        _known_keys(v, allowed, "quantization option")
+        try:
+            QuantizationConfig(quantization_type="dynamic", **v)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
         return v

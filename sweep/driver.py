@@ -110,7 +110,7 @@ class Driver:
             "config_dir": str(self.config_dir), "name": self.cfg.name, "model": self.cfg.model,
             "example_inputs": self.cfg.example_inputs, "evaluate": self.cfg.evaluate,
             "calibration": self.cfg.calibration, "train_step": self.cfg.train_step,
-            "device": self.cfg.device, "pruning": self.cfg.pruning,
+            "device": self.cfg.device, "pruning": self.cfg.pruning, "quantization": self.cfg.quantization,
             "objectives": self.cfg.objectives, "constraints": self.cfg.constraints,
             "storage": redact(self.cfg.storage), "config": json.loads(_config_json(self.cfg)),
         }
@@ -197,7 +197,8 @@ class Driver:
         base_spec = TrialSpec(
             trial_number=0, params={}, study_name=self.cfg.name, device=device,
             warmup=self.cfg.measure.warmup, min_run_time_s=self.cfg.measure.min_run_time_s,
-            pruning_options=dict(self.cfg.pruning), constraints=dict(self.cfg.constraints),
+            pruning_options=dict(self.cfg.pruning), quantization_options=dict(self.cfg.quantization),
+            constraints=dict(self.cfg.constraints),
             latency_shared=bool(gpus and gpus < 1), exclusive_latency=self.cfg.measure.exclusive,
         )
         pool = _Pool(executor, n_workers, (str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores,

@@ -43,6 +43,7 @@ class TrialSpec:
     warmup: int = 5
     min_run_time_s: float = 0.3
     pruning_options: Mapping[str, Any] = field(default_factory=dict)
+    quantization_options: Mapping[str, Any] = field(default_factory=dict)
     constraints: Mapping[str, float] = field(default_factory=dict)
     latency_shared: bool = False
     node_id: str | None = None
@@ -140,7 +141,8 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
     try:
         model, info = apply_recipe(
             ctx.model, recipe, example_inputs=ctx.example_inputs, calibration=ctx.calibration,
-            device=device, pruning_options=spec.pruning_options, evaluate=ctx.evaluate,
+            device=device, pruning_options=spec.pruning_options,
+            quantization_options=spec.quantization_options, evaluate=ctx.evaluate,
             train_step=ctx.train_step,
         )
         row.update(measure(model, ctx, spec, device))

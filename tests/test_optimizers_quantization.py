@@ -206,8 +206,8 @@ def test_reduce_range_auto_follows_vnni(transformer_block: nn.Module, monkeypatc
 
     for has_vnni in (True, False):
         monkeypatch.setattr(_torch_ao, "cpu_has_vnni", lambda v=has_vnni: v)
-        q = DynamicQuantizer(transformer_block, QuantizationConfig(engine="x86")).optimize()
+        q = DynamicQuantizer(transformer_block, QuantizationConfig(engine="x86", reduce_range=None)).optimize()
         assert isinstance(q.linear1, _torch_ao.FullRangeDynamicLinear) is has_vnni
     monkeypatch.setattr(_torch_ao, "cpu_has_vnni", lambda: True)
-    q = DynamicQuantizer(transformer_block, QuantizationConfig(engine="qnnpack")).optimize()
+    q = DynamicQuantizer(transformer_block, QuantizationConfig(engine="qnnpack", reduce_range=None)).optimize()
     assert not isinstance(q.linear1, _torch_ao.FullRangeDynamicLinear)  # qnnpack ignores it anyway

@@ -209,3 +209,16 @@ def test_bf16_without_native_support_is_infeasible_not_silently_fp32(monkeypatch
     monkeypatch.setattr(recipe_mod, "device_supports", lambda dtype, device: (False, "CPU lacks native bf16"))
     assert check_feasible(Recipe(precision="bf16"), "cpu") == "CPU lacks native bf16"
     assert check_feasible(Recipe(precision="fp16"), "cpu") is None  # emulated fp16 runs, and the data shows it
+
+
+def test_quantization_options_reach_the_quantizer() -> None:
+    from torch import nn
+
+    from optimizers._backends._torch_ao import FullRangeDynamicLinear
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = (torch.randn(4, 16),)
+    seven, _ = apply_recipe(model, Recipe(quantization_type="dynamic"), example_inputs=x)
+    eight, _ = apply_recipe(model, Recipe(quantization_type="dynamic"), example_inputs=x,
+                            quantization_options={"reduce_range": False})
+    assert not isinstance(seven[0], FullRangeDynamicLinear) and isinstance(eight[0], FullRangeDynamicLinear)

@@ -171,3 +171,12 @@ def test_cli_run_typo_in_evaluate_names_the_key(tmp_path: Path) -> None:
                           text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr and "config key 'evaluate'" in proc.stderr
+
+
+def test_quantization_options_are_validated() -> None:
+    cfg = parse_config({**BASE, "quantization": {"reduce_range": False, "per_channel": True}})
+    assert cfg.quantization == {"reduce_range": False, "per_channel": True}
+    with pytest.raises(ConfigError, match=r"config key 'quantization': unknown quantization option 'bits'"):
+        parse_config({**BASE, "quantization": {"bits": 4}})
+    with pytest.raises(ConfigError, match=r"config key 'quantization': QuantizationConfig.engine must be one of"):
+        parse_config({**BASE, "quantization": {"engine": "tpu"}})
