@@ -16,7 +16,6 @@ import functools
 import os
 import platform
 import socket
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,21 +156,24 @@ def environment(device: torch.device | str = "cpu", threads: int | None = None) 
         "torch_version": torch.__version__,
         "quantized_engine": torch.backends.quantized.engine,
         "hostname": socket.gethostname(),
-        "cpu_affinity": _ranges(affinity),
+        "cpu_affinity": core_ranges(affinity),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
-def _ranges(cores: list[int]) -> str:
-    out: list[str] = []
-    for c in cores:
-        if out and "-" not in out[-1] and int(out[-1]) == c - 1:
-            out[-1] = f"{out[-1]}-{c}"
-        elif out and "-" in out[-1] and int(out[-1].split("-")[1]) == c - 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{c}"
+def core_ranges(cores: list[int]) -> str:
+    """Sorted core ids as ranges.
+
+    >>> core_ranges([0, 1, 2, 5, 7, 8])
+    '0-2,5,7-8'
+    """
+    runs: list[list[int]] = []
+    for c in sorted(cores):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
         else:
-            out.append(str(c))
-    return ",".join(out)
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 @dataclass
@@ -324,10 +326,3 @@ class OptimizationBenchmark:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(fn(), seconds)`` measured with ``time.perf_counter``."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0

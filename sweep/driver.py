@@ -13,10 +13,9 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,6 @@ class SweepSummary:
     states: dict[str, int]
     interrupted: bool = False
     duration_s: float = 0.0
-    pareto: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_storage(cfg: SweepConfig, out: str) -> Any:
@@ -205,7 +203,6 @@ class Driver:
                                            self.worker_cls or executor.TrialWorker, custom), payload_ref)
         interrupted = False
         self.progress.start(total=self.cfg.n_trials, done=done)
-        old_handler = signal.getsignal(signal.SIGINT)
         try:
             self.baseline = self._baseline(pool, payload_ref, base_spec)
             self.seen.setdefault(_key_of(self.baseline), self.baseline)  # the untouched model is a config too
@@ -213,7 +210,6 @@ class Driver:
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            signal.signal(signal.SIGINT, old_handler)
             for row in getattr(self, "_finished", []):  # measured but not yet persisted
                 self._finish(study, row)
             unfinished = [f.spec for f in pool.inflight.values() if f.spec.trial_number >= 0]  # not the baseline
@@ -383,7 +379,6 @@ class Driver:
         from .trial import _base_row
 
         row = _base_row(spec, to_recipe(dict(spec.params)))
-        row.pop("precision_mode", None)
         row.update(state="INFEASIBLE", error_type="UnsupportedOnDevice", error=reason, device=spec.device,
                    duration_s=0.0)
         return row
@@ -522,7 +517,6 @@ class _Pool:
         spec = fl.spec
         row = _base_row(spec, to_recipe(dict(spec.params)) if spec.params else to_recipe(
             {"pruning_method": "none", "quantization_type": "none", "precision": "fp32"}))
-        row.pop("precision_mode", None)
         row.update(state="FAIL", error_type=error_type, error=error, device=spec.device,
                    duration_s=time.monotonic() - fl.started)
         return row

@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from optimizers.benchmarking import _ranges
+from optimizers.benchmarking import core_ranges
 
 log = logging.getLogger("optsweep")
 CORE_LOCK_DIR = os.environ.get("OPTSWEEP_CORE_LOCK_DIR", "/tmp/optsweep-cores")
@@ -78,7 +78,7 @@ class TrialWorker:
         except Exception:  # noqa: BLE001 - outside Ray (serial tests)
             node = None
         return {"node_id": node, "hostname": socket.gethostname(), "pid": os.getpid(),
-                "cores": _ranges(self.cores) if self.cores else "shared"}
+                "cores": core_ranges(self.cores) if self.cores else "shared"}
 
     def _context(self, payload_ref: list[Any]) -> Any:
         ref = payload_ref[0]

@@ -29,6 +29,7 @@ from optimizers.benchmarking import environment, measure_latency
 from optimizers.recipe import Recipe, apply_recipe
 
 from .config import CONSTRAINT_KEYS
+from .space import to_recipe
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _base_row(spec: TrialSpec, recipe: Recipe) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "study_name": spec.study_name,
         "trial_number": spec.trial_number,
-        **recipe.to_dict(),
+        **{k: v for k, v in recipe.to_dict().items() if k != "precision_mode"},  # not a column
         "params_json": json.dumps(dict(spec.params), sort_keys=True),
         "latency_shared": spec.latency_shared,
         "node_id": spec.node_id,
@@ -134,7 +135,6 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
     device = torch.device(spec.device)
     recipe = _recipe_or_none(spec)
     row = _base_row(spec, recipe or Recipe())
-    row.pop("precision_mode", None)
     if recipe is None:
         return {**row, "state": "INFEASIBLE", "error_type": "InvalidParams",
                 "error": f"invalid parameters {dict(spec.params)}", "duration_s": time.perf_counter() - t0}
@@ -175,8 +175,6 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
 
 
 def _recipe_or_none(spec: TrialSpec) -> Recipe | None:
-    from .space import to_recipe
-
     try:
         return to_recipe(dict(spec.params))
     except (KeyError, ValueError):

@@ -80,10 +80,10 @@ def test_environment_keys() -> None:
 
 
 def test_ranges() -> None:
-    from optimizers.benchmarking import _ranges
+    from optimizers.benchmarking import core_ranges
 
-    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert _ranges([]) == ""
+    assert core_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert core_ranges([]) == ""
 
 
 def test_benchmark_compare_report_plot(tiny: nn.Module, tmp_path: Path) -> None:
