@@ -5,7 +5,7 @@
 """
 
 from .dataset import Results, load_results
-from .errors import AnalysisError
+from .errors import AnalysisError, AnalysisWarning, DamagedFileWarning
 from .pareto import (
     Constraint,
     Objective,
@@ -24,7 +24,9 @@ from .pareto import (
 
 __all__ = [
     "AnalysisError",
+    "AnalysisWarning",
     "Constraint",
+    "DamagedFileWarning",
     "Objective",
     "ParetoResult",
     "Results",

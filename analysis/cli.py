@@ -2,7 +2,13 @@
 
 The main ``optsweep`` app calls :func:`register`. Errors the user can fix (empty dataset,
 missing column, unknown objective, bad constraint, unknown trial) print one ``error: ...`` line
-on stderr and exit with code 2, without a traceback.
+on stderr and exit with code 2, without a traceback. Warnings the library emits (a damaged file
+skipped) print as ``warning: ...`` and remarks on a front (no hardware column) as ``note: ...``,
+both on stderr so ``--format json|csv`` output stays parseable.
+
+Everything printed that comes from data is escaped for the terminal (``analysis/_escape.py``):
+rich markup prints literally and control characters show as escapes such as ``\x1b``. CSV
+cells that a spreadsheet would run as a formula get a leading ``'``.
 
 >>> import typer
 >>> app = typer.Typer()
@@ -11,15 +17,18 @@ on stderr and exit with code 2, without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from .errors import AnalysisError
+from ._escape import csv_frame, terminal
+from .errors import AnalysisError, AnalysisWarning
 
 __all__ = ["register"]
 
@@ -53,7 +62,8 @@ def _user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with analysis_warnings_as_lines():
+                return fn(*args, **kwargs)
         except AnalysisError as e:
             _fail(str(e))
         except Exception as e:
@@ -65,10 +75,39 @@ def _user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def analysis_warnings_as_lines() -> Iterator[None]:
+    """Print each AnalysisWarning raised inside as one escaped ``warning: ...`` line on stderr.
+
+    Other warnings keep Python's format.
+
+    >>> with analysis_warnings_as_lines():
+    ...     warnings.warn("skipped unreadable Parquet file 'x'", AnalysisWarning)  # doctest: +SKIP
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", AnalysisWarning)
+        default = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            if issubclass(category, AnalysisWarning):
+                typer.echo(f"warning: {terminal(message)}", err=True)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def _fail(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    typer.echo(f"error: {first}", err=True)
+    typer.echo(f"error: {terminal(first)}", err=True)
     raise typer.Exit(2)
+
+
+def _notes(pr: Any) -> None:
+    for note in getattr(pr, "notes", ()):
+        typer.echo(f"note: {terminal(note)}", err=True)
 
 
 def pareto_cmd(
@@ -86,16 +125,19 @@ def pareto_cmd(
 
     if fmt not in ("table", "json", "csv"):
         raise AnalysisError(f"--format must be one of table, json, csv; got {fmt!r}")
-    pr = pareto_front(load_results(path), objective, constraint, noise_aware=not exact,
+    with analysis_warnings_as_lines():  # also when called directly (the sweep's end-of-run table)
+        results = load_results(path)
+    pr = pareto_front(results, objective, constraint, noise_aware=not exact,
                       all_hardware=all_hardware)
     front = front_table(pr)
     objs = [o.name for o in pr.objectives]
     cols = [c for c in dict.fromkeys(PARETO_COLUMNS + objs + EXTRA_COLUMNS) if c in front.columns]
     front = front[cols]
+    _notes(pr)
     if fmt == "json":
         typer.echo(to_json(front))
     elif fmt == "csv":
-        sys.stdout.write(front.to_csv(index=False))
+        sys.stdout.write(csv_frame(front).to_csv(index=False))
     else:
         _print_table(front, pr)
 
@@ -136,22 +178,25 @@ def _compact(front: Any) -> Any:
 def _print_table(front: Any, pr: Any) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from .report import _fmt
 
     front = _compact(front)
 
+    # Text, never markup strings: a value like "[/bold]" or "[link=...]" must print as it is.
     title = (f"Pareto front: {len(front)} of {int(pr.table['eligible'].sum())} eligible rows ("
              + ", ".join(map(str, pr.objectives)) + ")")
-    table = Table(title=title)
+    table = Table(title=Text(terminal(title)))
     for c in front.columns:
-        table.add_column(c.replace("_", " "), justify="right")
+        table.add_column(Text(terminal(str(c).replace("_", " "))), justify="right")
     for row in front.itertuples(index=False):
-        table.add_row(*[_fmt(v) for v in row])
+        table.add_row(*[Text(terminal(_fmt(v))) for v in row])
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     if len(pr.ties):
-        console.print(f"{len(pr.ties)} pair(s) of front points tie on latency within their IQRs.")
+        console.print(Text(f"{len(pr.ties)} pair(s) of front points tie on latency within their "
+                           "IQRs."))
 
 
 def report_cmd(
@@ -168,7 +213,8 @@ def report_cmd(
 
     paths = write_report(path, out, objectives=objective, constraints=constraint,
                          noise_aware=not exact, all_hardware=all_hardware)
-    typer.echo(f"wrote {paths.html} ({paths.html.stat().st_size / 1e6:.1f} MB) and {paths.markdown}")
+    typer.echo(terminal(f"wrote {paths.html} ({paths.html.stat().st_size / 1e6:.1f} MB) and "
+                        f"{paths.markdown}"))
 
 
 def compare_cmd(
@@ -192,7 +238,7 @@ def compare_cmd(
         ties: list[Any] = []
 
     _print_table(fronts[cols], _P)
-    typer.echo(f"wrote {html_path}")
+    typer.echo(terminal(f"wrote {html_path}"))
 
 
 def export_cmd(
@@ -206,7 +252,7 @@ def export_cmd(
     from .export import export_trial
 
     res = export_trial(path, trial, out, measure=measure)
-    typer.echo(f"wrote {res.path} ({res.format}) and {res.sidecar}")
+    typer.echo(terminal(f"wrote {res.path} ({res.format}) and {res.sidecar}"))
     typer.echo(f"{'':14}{'recorded':>12}{'artifact':>12}")
     for key in ("latency_ms", "accuracy"):
         rec, got = res.recorded.get(key), res.measured.get(key)

@@ -1,4 +1,4 @@
-"""The one exception ``analysis`` raises on purpose.
+"""The one exception ``analysis`` raises on purpose, and the warnings it emits.
 
 It is a ``ValueError`` so callers can catch the builtin; the CLI turns it into a one-line
 ``error: ...`` on stderr and exit code 2. It does not derive from ``optimizers.errors`` on
@@ -16,4 +16,23 @@ class AnalysisError(ValueError):
     ... except ValueError as e:
     ...     print(e)
     column 'latency_ms' is missing
+    """
+
+
+class AnalysisWarning(UserWarning):
+    """Something ``analysis`` worked around; the message is one line.
+
+    The CLI prints these as ``warning: ...`` on stderr instead of Python's warning format.
+    """
+
+
+class DamagedFileWarning(AnalysisWarning):
+    """A Parquet file that cannot be read (truncated, not Parquet) was skipped; names the file.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warnings.warn("skipped unreadable Parquet file 'r/7.parquet': ...", DamagedFileWarning)
+    >>> issubclass(caught[0].category, UserWarning)
+    True
     """

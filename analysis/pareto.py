@@ -12,7 +12,11 @@ Rules (the contract the report and CLI rely on):
   those expressions hold and the stored column is ignored.
 - The baseline row (``trial_number == -1``) is a candidate like any other and is flagged.
 - Fronts are computed per ``hardware`` value unless ``all_hardware=True``: latencies measured on
-  different machines are not comparable, so they are never mixed silently.
+  different machines are not comparable, so they are never mixed silently. Data without a
+  ``hardware`` column is one group, ``"unknown"``, and :attr:`ParetoResult.notes` says so.
+- The objectives' columns must be in the data; every other column is optional (see
+  :data:`~analysis.schema.ABSENT_DEFAULTS`). A constraint on a column the data lacks is an error,
+  not a front of nothing.
 - Noise-aware latency (default): two points whose intervals
   ``[latency_ms - latency_iqr_ms, latency_ms + latency_iqr_ms]`` overlap are equal on latency
   for dominance. The pairs this rescues are reported as *ties*.
@@ -23,10 +27,11 @@ Rules (the contract the report and CLI rely on):
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -57,6 +62,20 @@ NOISY_OBJECTIVES = {"latency_ms": "latency_iqr_ms"}
 """Objective column -> column holding the half-width of its noise interval."""
 
 _SEED_MIN_POINTS = 2048
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _quiet_overflow(fn: _F) -> _F:
+    """Values near the float limits overflow to ±inf in sums and differences. ±inf compares and
+    clips correctly here, so numpy's RuntimeWarning would only be noise on the user's terminal."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return fn(*args, **kwargs)
+
+    return cast(_F, wrapper)
+
 _OPS = ("<=", ">=", "==", "!=", "<", ">")
 _NUMBER = r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?)"
 _CONSTRAINT_RE = re.compile(
@@ -143,6 +162,10 @@ def parse_objectives(
             raise AnalysisError(
                 f"unknown objective {o.name!r}: no such column (numeric columns include "
                 f"latency_ms, size_bytes, accuracy, speedup, compression_ratio, accuracy_drop)"
+            )
+        if not results.has_column(o.name):
+            raise AnalysisError(
+                f"{results.source}: required column {o.name!r} is missing (it is objective {o})"
             )
         if not pd.api.types.is_numeric_dtype(results.frame[o.name]):
             raise AnalysisError(f"objective {o.name!r} is not a numeric column")
@@ -453,7 +476,8 @@ class ParetoResult:
     ``is_baseline``, ``eligible``, ``ineligible_reason`` (``"state=FAIL"``, ``"nan:accuracy"``,
     ``"constraint:latency_ms < 5"`` ...), ``rank`` (``Int64``, NA when ineligible) and
     ``on_front``. ``ties`` lists pairs of front points (same group) where one would dominate the
-    other on the latency medians but their latency intervals overlap.
+    other on the latency medians but their latency intervals overlap. ``notes`` are one-line
+    remarks for the reader, e.g. that the data has no ``hardware`` column to split fronts by.
     """
 
     table: pd.DataFrame
@@ -462,6 +486,7 @@ class ParetoResult:
     ties: pd.DataFrame
     noise_aware: bool
     all_hardware: bool
+    notes: tuple[str, ...] = ()
 
     @property
     def front(self) -> pd.DataFrame:
@@ -521,10 +546,16 @@ def eligibility(
     if use_stored and "feasible" in frame.columns:
         mark((frame["feasible"] == False).to_numpy(dtype=bool), "infeasible")  # noqa: E712
     for c in cons:
+        if c.column in frame.columns and not results.has_column(c.column):
+            raise AnalysisError(
+                f"{results.source}: constraint {str(c)!r} needs column {c.column!r}, "
+                "which the dataset lacks"
+            )
         mark(~c.mask(frame), f"constraint:{c}")
     return (reason == "").to_numpy(), reason, cons
 
 
+@_quiet_overflow
 def pareto_front(
     results: Results,
     objectives: Iterable[str | Objective] | None = None,
@@ -573,6 +604,10 @@ def pareto_front(
     if not ranks:
         table.loc[rank_col > 0, "rank"] = pd.NA
     table["on_front"] = rank_col == 0
+    notes: tuple[str, ...] = ()
+    if not all_hardware and not results.has_column("hardware"):
+        notes = ("the dataset has no 'hardware' column: every row is taken as measured on one "
+                 "machine, on one front",)
     tie_cols = ["group", "trial_a", "trial_b", "latency_a_ms", "iqr_a_ms", "latency_b_ms", "iqr_b_ms"]
     return ParetoResult(
         table=table,
@@ -581,6 +616,7 @@ def pareto_front(
         ties=pd.DataFrame(ties, columns=tie_cols),
         noise_aware=noise_aware,
         all_hardware=all_hardware,
+        notes=notes,
     )
 
 
@@ -695,6 +731,7 @@ def _normalised(y: np.ndarray, ideal: np.ndarray, ref: np.ndarray) -> np.ndarray
         return np.clip((y - ideal) / (ref - ideal), 0.0, None)
 
 
+@_quiet_overflow
 def hypervolume_history(pareto: ParetoResult, max_points: int = 200) -> pd.DataFrame:
     """Normalised hypervolume of the eligible rows seen so far, by ``trial_number`` per group.
 
@@ -735,6 +772,7 @@ def hypervolume_history(pareto: ParetoResult, max_points: int = 200) -> pd.DataF
 # --------------------------------------------------------------------------------------------
 
 
+@_quiet_overflow
 def knee_point(pareto: ParetoResult, group: str | None = None) -> pd.Series | None:
     """The front point farthest on the ideal side of the hyperplane through the extremes.
 

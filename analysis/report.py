@@ -6,6 +6,10 @@ point and the baseline but at most :data:`MAX_DOMINATED_POINTS` dominated ones (
 sample), coordinates are sent as float32 typed arrays, and hover shows the trial number from
 ``customdata`` through one shared template instead of per-point text.
 
+Values from the data (hardware names, study names, error messages) are escaped for where they
+land: HTML text, plotly labels (plotly.js reads them as HTML), matplotlib labels (``$`` is
+mathtext) and Markdown (``analysis/_escape.py``).
+
 >>> write_report("runs/digits", "runs/digits/report.html")   # doctest: +SKIP
 """
 
@@ -22,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ._escape import markdown, matplotlib_label, plotly_label
 from .dataset import Results, load_results
 from .pareto import (
     Constraint,
@@ -162,13 +167,13 @@ def _pareto_figure(pareto: ParetoResult, title: str = "Pareto front") -> Any:
     for g in pareto.groups:
         front = t[t["on_front"] & (t["group"] == g)]
         if not front.empty:
-            label = "front" if len(pareto.groups) == 1 else f"front: {g}"
+            label = "front" if len(pareto.groups) == 1 else plotly_label(f"front: {g}")
             fig.add_trace(trace(front, label, {"size": 5 if three_d else 9}))
     base = t[t["is_baseline"]]
     if not base.empty:
         fig.add_trace(trace(base, "baseline", {"size": 8 if three_d else 16, "symbol": "diamond"
                             if three_d else "star", "color": "black"}))
-    names = [str(o) for o in axes]
+    names = [plotly_label(o) for o in axes]
     if three_d:
         fig.update_layout(scene={"xaxis_title": names[0], "yaxis_title": names[1],
                                  "zaxis_title": names[2]})
@@ -193,12 +198,14 @@ def _parcoords_figure(pareto: ParetoResult) -> Any:
         if pd.api.types.is_numeric_dtype(s):
             vals = s.to_numpy(dtype=float)
             vals = np.where(np.isfinite(vals), vals, np.nan)
-            dims.append({"label": col, "values": np.nan_to_num(vals, nan=-1.0).astype(np.float32)})
+            dims.append({"label": plotly_label(col),
+                         "values": np.nan_to_num(vals, nan=-1.0).astype(np.float32)})
         else:
             cats = sorted(s.fillna("none").astype(str).unique())
             codes = s.fillna("none").astype(str).map({c: i for i, c in enumerate(cats)})
-            dims.append({"label": col, "values": codes.to_numpy(dtype=np.int16),
-                         "tickvals": list(range(len(cats))), "ticktext": cats})
+            dims.append({"label": plotly_label(col), "values": codes.to_numpy(dtype=np.int16),
+                         "tickvals": list(range(len(cats))),
+                         "ticktext": [plotly_label(c) for c in cats]})
     color = rows["on_front"].to_numpy(dtype=np.int8)
     fig = go.Figure(go.Parcoords(
         line={"color": color, "colorscale": [[0, "#c8c8c8"], [1, "#1f77b4"]], "cmin": 0, "cmax": 1},
@@ -215,7 +222,7 @@ def _hypervolume_figure(history: pd.DataFrame) -> Any:
     fig = go.Figure(layout={"template": _TEMPLATE})
     for g, sub in history.groupby("group", sort=False):
         fig.add_trace(go.Scatter(x=sub["trial_number"].to_numpy(dtype=np.int64),
-                                 y=_f32(sub["hypervolume"]), mode="lines", name=str(g),
+                                 y=_f32(sub["hypervolume"]), mode="lines", name=plotly_label(g),
                                  line={"shape": "hv"}))
     fig.update_layout(title="Hypervolume over trials (normalised; reference: worst of baseline "
                       "and observed + 10% of the range)", xaxis_title="trial_number",
@@ -275,7 +282,7 @@ def _figures_html(figs: Sequence[Any]) -> list[str]:
 
 def _summary(results: Results, pareto: ParetoResult) -> dict[str, Any]:
     f = results.frame
-    return {
+    summary: dict[str, Any] = {
         "study": results.study_name or "-",
         "source": results.source,
         "trials": int((f["trial_number"] >= 0).sum()),
@@ -290,6 +297,11 @@ def _summary(results: Results, pareto: ParetoResult) -> dict[str, Any]:
         "noise-aware latency": "yes" if pareto.noise_aware else "no",
         "hardware groups": ", ".join(pareto.groups),
     }
+    if pareto.notes:
+        summary["notes"] = "; ".join(pareto.notes)
+    if results.skipped:
+        summary["skipped (unreadable) files"] = ", ".join(results.skipped)
+    return summary
 
 
 def write_report(
@@ -369,10 +381,10 @@ def _md_table(df: pd.DataFrame, limit: int = 50) -> str:
     if df.empty:
         return "_none_\n"
     shown = df.head(limit)
-    lines = ["| " + " | ".join(map(str, shown.columns)) + " |",
+    lines = ["| " + " | ".join(map(markdown, shown.columns)) + " |",
              "|" + "---|" * len(shown.columns)]
     for row in shown.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(markdown(_fmt(v)) for v in row) + " |")
     if len(df) > limit:
         lines.append(f"\n_{len(df) - limit} more rows in the HTML report._")
     return "\n".join(lines) + "\n"
@@ -403,11 +415,11 @@ def _write_markdown(
         ax.scatter(dom[a.name], dom[b.name], s=6, c="#bbbbbb", label="dominated")
         for g in pareto.groups:
             fr = t[t["on_front"] & (t["group"] == g)].sort_values(a.name)
-            ax.plot(fr[a.name], fr[b.name], "o-", ms=5, label=f"front {g}"[:60])
+            ax.plot(fr[a.name], fr[b.name], "o-", ms=5, label=matplotlib_label(f"front {g}"[:60]))
         base = t[t["is_baseline"]]
         ax.scatter(base[a.name], base[b.name], marker="*", s=200, c="black", label="baseline")
-        ax.set_xlabel(str(a))
-        ax.set_ylabel(str(b))
+        ax.set_xlabel(matplotlib_label(a))
+        ax.set_ylabel(matplotlib_label(b))
         ax.legend(fontsize=8)
         ax.set_title("Pareto front (first two objectives)")
         p = Path(f"{stem}-pareto.png")
@@ -418,7 +430,8 @@ def _write_markdown(
     if not history.empty:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for grp, sub in history.groupby("group", sort=False):
-            ax.step(sub["trial_number"], sub["hypervolume"], where="post", label=str(grp)[:60])
+            ax.step(sub["trial_number"], sub["hypervolume"], where="post",
+                    label=matplotlib_label(str(grp)[:60]))
         ax.set_xlabel("trial_number")
         ax.set_ylabel("hypervolume (normalised)")
         ax.legend(fontsize=8)
@@ -427,8 +440,8 @@ def _write_markdown(
         fig.savefig(p, dpi=100)
         plt.close(fig)
         images.append(p)
-    lines = [f"# optsweep report: {summary['study']}", ""]
-    lines += [f"- **{k}**: {v}" for k, v in summary.items()]
+    lines = [f"# optsweep report: {markdown(summary['study'])}", ""]
+    lines += [f"- **{markdown(k)}**: {markdown(v)}" for k, v in summary.items()]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
     lines += ["## Front vs baseline", "", _md_table(front)]
     lines += ["## Latency ties", "", _md_table(pareto.ties)]
@@ -486,10 +499,11 @@ def write_compare(
     fig = go.Figure(layout={"template": _TEMPLATE})
     for label, sub in fronts.groupby("label", sort=False):
         coords = {k: _f32(sub[o.name]) for k, o in zip("xyz", axes, strict=False)}
-        kw = {"mode": "markers", "name": str(label), "customdata": sub["trial_number"].to_numpy(),
+        kw = {"mode": "markers", "name": plotly_label(label),
+              "customdata": sub["trial_number"].to_numpy(),
               "hovertemplate": "trial %{customdata}<extra>%{fullData.name}</extra>", **coords}
         fig.add_trace(go.Scatter3d(**kw) if len(axes) == 3 else go.Scatter(**kw))
-    names = [str(o) for o in axes]
+    names = [plotly_label(o) for o in axes]
     if len(axes) == 3:
         fig.update_layout(scene={"xaxis_title": names[0], "yaxis_title": names[1],
                                  "zaxis_title": names[2]})

@@ -1,8 +1,9 @@
 """The Parquet contract between ``sweep`` (writer) and ``analysis`` (reader).
 
 One row per finished trial (failed ones included) plus one baseline row (``trial_number == -1``).
-Writers build rows through :data:`SCHEMA`; readers validate against :data:`REQUIRED_COLUMNS`, so
-any Parquet that has those columns (written by optsweep or not) can be analysed.
+Writers build rows through :data:`SCHEMA`. Readers need only :data:`REQUIRED_COLUMNS` plus the
+objectives' columns, so any Parquet that has those (written by optsweep or not) can be analysed;
+a documented column a file lacks reads as :data:`ABSENT_DEFAULTS` says, or as null.
 
 File-level metadata (``pyarrow`` schema metadata, UTF-8 JSON values):
 
@@ -90,15 +91,22 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 SCHEMA = pa.schema([pa.field(n, t) for n, t, _ in COLUMNS])
 COLUMN_NAMES = [n for n, _, _ in COLUMNS]
 
-# What a reader needs; other columns are optional (missing ones read as null).
-REQUIRED_COLUMNS = [
-    "trial_number", "state", "error",
-    "pruning_method", "pruning_amount", "quantization_type", "quantization_bits", "precision",
-    "latency_ms", "latency_iqr_ms", "size_bytes", "accuracy",
-    "baseline_latency_ms", "baseline_size_bytes", "baseline_accuracy",
-    "speedup", "compression_ratio", "accuracy_drop",
-    "device", "hardware", "threads", "torch_version", "duration_s",
-]
+# What every reader needs. The objectives' columns are required too, but which those are is known
+# only once the objectives are (file metadata or the caller), so ``analysis.pareto`` checks them.
+REQUIRED_COLUMNS = ["trial_number", "state"]
+
+# What a reader assumes for a documented column the file lacks (foreign tools write few columns).
+# Any column not listed here reads as null (NaN for numbers). Null cells keep their meaning:
+# a null ``state`` reads as UNKNOWN, a null ``hardware`` as "unknown".
+ABSENT_DEFAULTS: dict[str, str] = {
+    "hardware": '"unknown": every row is one machine\'s, on one front (the CLI and report say so)',
+    "baseline_latency_ms": "the baseline row's (trial_number -1) latency_ms, when there is one",
+    "baseline_size_bytes": "the baseline row's size_bytes, when there is one",
+    "baseline_accuracy": "the baseline row's accuracy, when there is one",
+    "speedup": "baseline_latency_ms / latency_ms",
+    "compression_ratio": "baseline_size_bytes / size_bytes",
+    "accuracy_drop": "baseline_accuracy - accuracy",
+}
 
 DEFAULT_OBJECTIVES: dict[str, str] = {
     "latency_ms": "minimize",

@@ -12,7 +12,7 @@ import pytest
 from analysis_fixtures import rows_table, write_synthetic_run
 
 from analysis import AnalysisError, load_results
-from analysis.schema import REQUIRED_COLUMNS, SCHEMA_VERSION
+from analysis.schema import DEFAULT_OBJECTIVES, REQUIRED_COLUMNS, SCHEMA_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +40,16 @@ def test_accepts_a_uri(run: Path) -> None:
         load_results((run / "nope").resolve().as_uri())
 
 
-def test_foreign_file_with_only_required_columns(tmp_path: Path) -> None:
+def test_foreign_file_with_only_required_and_objective_columns(tmp_path: Path) -> None:
     full = rows_table([{"latency_ms": 1.0}, {"latency_ms": 2.0}]).to_pandas()
-    foreign = full[REQUIRED_COLUMNS].copy()
+    foreign = full[[*REQUIRED_COLUMNS, *DEFAULT_OBJECTIVES]].copy()
     foreign["size_bytes"] = foreign["size_bytes"].astype("int32")  # another tool, narrower types
     pq.write_table(pa.Table.from_pandas(foreign, preserve_index=False), tmp_path / "x.parquet")
     r = load_results(tmp_path / "x.parquet")
     assert r.schema_version is None and r.objectives["accuracy"] == "maximize"
     assert "quantized_engine" in r.frame.columns and r.frame["quantized_engine"].isna().all()
     assert r.frame["size_bytes"].dtype == "float64"
+    assert r.has_column("latency_ms") and not r.has_column("quantized_engine")
 
 
 def test_files_with_different_columns_are_unified(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_files_with_different_columns_are_unified(tmp_path: Path) -> None:
     assert r.frame["trial_number"].tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("column", ["latency_ms", "hardware", "trial_number"])
+@pytest.mark.parametrize("column", ["state", "trial_number"])
 def test_missing_required_column_is_named(tmp_path: Path, column: str) -> None:
     t = rows_table([{"latency_ms": 1.0}])
     pq.write_table(t.drop_columns([column]), tmp_path / "x.parquet")

@@ -1,0 +1,147 @@
+"""Escape values that come from data for the medium they are printed in.
+
+Results folders are data, not code: a hardware name, a study name or an error message may hold
+rich markup, terminal control sequences, Markdown, HTML or a spreadsheet formula. Every writer in
+``analysis`` passes such values through one of these functions, so they print literally.
+
+- :func:`terminal`: control characters (ESC, CR, BEL, bidi overrides ...) as visible escapes.
+  Pass the result to rich as a ``Text`` (never as a markup string), or through :func:`rich_markup`.
+- :func:`markdown`: inline Markdown and raw HTML neutralised (for table cells and list items).
+- :func:`html_text`: HTML text and attribute values.
+- :func:`plotly_label`: plotly.js reads trace names, titles and tick labels as pseudo-HTML.
+- :func:`matplotlib_label`: matplotlib reads ``$...$`` as mathtext.
+- :func:`csv_cell` / :func:`csv_frame`: formula prefixes for spreadsheets.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "csv_cell",
+    "csv_frame",
+    "html_text",
+    "markdown",
+    "matplotlib_label",
+    "plotly_label",
+    "rich_markup",
+    "terminal",
+]
+
+# C0 controls, DEL, C1 controls, and the Unicode bidi controls that reorder what a terminal shows
+# ("Trojan Source"): each is replaced by its Python escape so it is visible and inert.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_MD_PUNCT = re.compile(r"([\\`*\[\]|~])")
+# An underscore opens or closes emphasis only at a word boundary (GFM), so ``latency_ms`` stays.
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _visible(m: re.Match[str]) -> str:
+    return m.group(0).encode("unicode_escape").decode("ascii")
+
+
+def terminal(value: object) -> str:
+    """``str(value)`` with every control character shown as its escape.
+
+    >>> terminal("cpu\\x1b[31m red\\r")
+    'cpu\\\\x1b[31m red\\\\r'
+    >>> print(terminal("a\\tb\\u202ec"))
+    a\\tb\\u202ec
+    """
+    return _CONTROL.sub(_visible, str(value))
+
+
+def rich_markup(value: object) -> str:
+    """:func:`terminal`, then rich's markup escape: safe inside a rich markup string.
+
+    >>> rich_markup("[/bold]x [link=http://evil]y[/link]")
+    '\\\\[/bold]x \\\\[link=http://evil]y\\\\[/link]'
+    """
+    from rich.markup import escape
+
+    return escape(terminal(value))
+
+
+def markdown(value: object) -> str:
+    """``str(value)`` safe inside a Markdown table cell or list item.
+
+    Control characters become visible escapes (so a newline cannot end the row), Markdown
+    punctuation that builds links, code, emphasis or table cells is backslash-escaped, and
+    ``< > &`` become HTML entities so raw HTML never reaches the rendered page.
+
+    >>> markdown("<script>alert(1)</script>")
+    '&lt;script&gt;alert(1)&lt;/script&gt;'
+    >>> markdown("[x](http://evil) | `y` *z* _w_ latency_ms")
+    '\\\\[x\\\\](http://evil) \\\\| \\\\`y\\\\` \\\\*z\\\\* \\\\_w\\\\_ latency_ms'
+    >>> markdown("a\\nb")
+    'a\\\\\\\\nb'
+    """
+    s = _MD_PUNCT.sub(r"\\\1", terminal(value))
+    s = _MD_UNDERSCORE.sub(r"\\_", s)
+    return html.escape(s, quote=False)
+
+
+def html_text(value: object) -> str:
+    """``str(value)`` safe as HTML text or a quoted attribute value.
+
+    >>> html_text('<img src=x onerror="alert(1)">')
+    '&lt;img src=x onerror=&quot;alert(1)&quot;&gt;'
+    """
+    return html.escape(str(value), quote=True)
+
+
+def plotly_label(value: object) -> str:
+    """``str(value)`` for a plotly trace name, title or tick label.
+
+    plotly.js renders a subset of HTML there (``<a href>``, ``<b>``, ``<br>``) and decodes
+    entities, so escaping makes the label show literally.
+
+    >>> plotly_label('<a href="http://evil">x</a>')
+    '&lt;a href=&quot;http://evil&quot;&gt;x&lt;/a&gt;'
+    """
+    return html.escape(str(value), quote=True)
+
+
+def matplotlib_label(value: object) -> str:
+    """``str(value)`` for a matplotlib label: ``$`` would start mathtext (and can fail to parse).
+
+    >>> matplotlib_label("cost $\\\\frac{")
+    'cost \\\\$\\\\frac{'
+    """
+    return str(value).replace("$", r"\$")
+
+
+def csv_cell(value: Any) -> Any:
+    """Prefix a string that a spreadsheet would run as a formula with ``'``; others unchanged.
+
+    Only strings are touched: a negative number is a number, not a formula.
+
+    >>> csv_cell("=HYPERLINK(\\"http://evil\\")")
+    '\\'=HYPERLINK("http://evil")'
+    >>> csv_cell("-1+2"), csv_cell(-1.5), csv_cell("cpu")
+    ("'-1+2", -1.5, 'cpu')
+    """
+    if isinstance(value, str) and value.startswith(_CSV_FORMULA):
+        return "'" + value
+    return value
+
+
+def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with :func:`csv_cell` applied to every string cell and column name.
+
+    >>> import pandas as pd
+    >>> csv_frame(pd.DataFrame({"@h": ["=1+1", "x"], "n": [-1, 2]})).to_dict("list")
+    {"'@h": ["'=1+1", 'x'], 'n': [-1, 2]}
+    """
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or str(out[col].dtype) in ("string", "str"):
+            out[col] = out[col].map(csv_cell)
+    out.columns = [csv_cell(str(c)) for c in out.columns]
+    return out
