@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 BASELINE_TRIAL = -1
 STATES = ("COMPLETE", "FAIL", "INFEASIBLE", "PRUNED")
 DIRECTIONS = ("minimize", "maximize")
@@ -49,7 +49,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("quantization_type", pa.string(), "none, dynamic, static, weight_only"),
     ("quantization_bits", pa.int64(), "4, 8 or 16; null when quantization_type is none"),
     ("precision", pa.string(), "fp32, fp16 or bf16"),
-    ("compile", pa.bool_(), "torch.compile applied"),
+    ("compile", pa.bool_(), "torch.compile requested"),
+    ("quantization_backend", pa.string(), "requested backend: auto, torch_ao, torchao, pt2e (see quant_backend)"),
+    ("effective_recipe", pa.string(),
+     "JSON recipe of the stages that changed the model (a no-op stage is left out); the row's label"),
+    ("stages_json", pa.string(), "JSON list, one entry per stage: technique, changed, note"),
     ("params_json", pa.string(), "all sampled parameters as JSON"),
     ("latency_ms", pa.float64(), "median latency of one forward pass on example_inputs"),
     ("latency_iqr_ms", pa.float64(), "interquartile range of the latency samples"),
@@ -73,7 +77,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("constraint_violation", pa.float64(), "sum of positive constraint violations (0 if feasible)"),
     ("peak_memory_bytes", pa.int64(), "peak GPU memory allocated (CUDA); null on CPU"),
     ("recovery_s", pa.float64(), "seconds spent in pruning recovery fine-tuning"),
-    ("quant_backend", pa.string(), "library that backs the quantization (torchao, torch.ao)"),
+    ("quant_backend", pa.string(), "backend that built the quantized model: torch_ao, torchao, pt2e"),
+    ("compile_s", pa.float64(), "seconds spent compiling (torch.compile, pt2e); never part of latency"),
     ("device", pa.string(), "cpu, cuda, cuda:0 ..."),
     ("hardware", pa.string(), "CPU model or GPU name"),
     ("node_id", pa.string(), "Ray node id (or hostname) the trial ran on"),
@@ -81,7 +86,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("threads", pa.int64(), "torch intra-op threads used for timing"),
     ("cpu_affinity", pa.string(), "cores the measurement was pinned to, e.g. '0' or '0-1'"),
     ("torch_version", pa.string(), "torch.__version__"),
-    ("quantized_engine", pa.string(), "torch.backends.quantized.engine"),
+    ("quantized_engine", pa.string(), "torch.ao quantized engine the row's own model was built for; null otherwise"),
     ("cpu_capability", pa.string(), "torch's CPU kernel level (AVX2, AVX512, ...)"),
     ("attempts", pa.int64(), "executions, counting retries after a worker died"),
     ("started_at", pa.timestamp("us", tz="UTC"), "wall-clock start"),

@@ -121,7 +121,7 @@ def synthetic_columns(
         "accuracy_drop": base_acc - acc,
         "feasible": [bool(s == "COMPLETE") for s in cols["state"]],
         "constraint_violation": np.zeros(m),
-        "quant_backend": ["torch.ao"] * m,
+        "quant_backend": ["torch_ao"] * m,
         "device": ["cpu"] * m,
         "hardware": [hardware] * m,
         "node_id": ["node-0"] * m,

@@ -31,6 +31,8 @@ def device_supports(dtype: torch.dtype, device: torch.device | str) -> tuple[boo
     if dtype == torch.float32:
         return True, "fp32 always supported"
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is available to this process"
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             return False, f"{torch.cuda.get_device_name(device)} has no bf16 support"
         return True, "CUDA"

@@ -23,7 +23,14 @@ from torch.nn.utils import prune
 from ._utils import clone_model, count_parameters
 from .errors import ConfigError, check_choice, check_range
 
-PRUNING_METHODS = ("magnitude", "random", "global_magnitude", "structured")
+PRUNING_METHODS = ("magnitude", "random", "global_magnitude", "structured")  # built into ModelPruner
+
+
+def pruning_methods() -> tuple[str, ...]:
+    """Every registered pruning/factorization method (the registry is the source of truth)."""
+    from .techniques import REGISTRY
+
+    return tuple(c for c in REGISTRY.choices("pruning_method") if c != "none")
 IMPORTANCE = ("l1", "l2", "random")
 RECOVERY_LOSSES = ("mse", "cosine")
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -71,7 +78,7 @@ class PruningConfig:
 
     def __post_init__(self) -> None:
         owner = "PruningConfig"
-        check_choice(owner, "method", self.method, PRUNING_METHODS)
+        check_choice(owner, "method", self.method, pruning_methods())
         check_range(owner, "amount", self.amount, 0.0, 1.0)
         if isinstance(self.pruning_dims, str) or not all(isinstance(d, str) for d in self.pruning_dims):
             raise ConfigError(f"{owner}.pruning_dims must be a list of parameter names; got {self.pruning_dims!r}")
@@ -138,6 +145,8 @@ class ModelPruner:
     def prune_model(self) -> nn.Module:
         """Return a pruned copy of the model. The input model is left untouched."""
         cfg = self.config
+        if cfg.method not in PRUNING_METHODS:  # a registered plug-in (e.g. lowrank): delegate
+            return self._prune_registered()
         if cfg.method == "structured":
             from .structured import structured_prune
 
@@ -160,6 +169,22 @@ class ModelPruner:
                     "note": "masked pruning keeps dense shapes: no speedup on dense kernels"}
         self.pruned_model = pruned
         self._info = {**info, **self._measure(pruned)}
+        return pruned
+
+    def _prune_registered(self) -> nn.Module:
+        from dataclasses import asdict
+
+        from .techniques import REGISTRY, ApplyContext
+
+        tech = REGISTRY.selected_by("pruning_method", self.config.method)[0]
+        opts = {k: v for k, v in asdict(self.config).items() if k not in ("method", "amount")}
+        ctx = ApplyContext(example_inputs=tuple(self.example_inputs or ()),
+                           calibration=[tuple(b) for b in self.calibration_data] if self.calibration_data else None,
+                           options={"pruning": opts}, evaluate=self.evaluate, train_step=self.train_step)
+        pruned, stage = tech.apply(self.model, {"pruning_method": self.config.method,
+                                                "pruning_amount": self.config.amount}, ctx)
+        self.pruned_model = pruned
+        self._info = {**stage.details, **self._measure(pruned)}
         return pruned
 
     def _targets(self, model: nn.Module) -> list[tuple[nn.Module, str, str]]:

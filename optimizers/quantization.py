@@ -22,13 +22,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._backends import _torch_ao, _torchao
 from ._utils import clone_model, model_device, model_size_bytes
 from .errors import ConfigError, UnsupportedOnDeviceError, check_choice
 
-QUANTIZATION_TYPES = ("dynamic", "static", "weight_only")
-ALLOWED_BITS = {"dynamic": (8, 16), "static": (8,), "weight_only": (4, 8)}
-BACKENDS = ("auto", "torch.ao", "torchao")
+
+def quantization_types() -> tuple[str, ...]:
+    """Registered quantization types (the registry is the source of truth)."""
+    from .techniques import REGISTRY
+
+    return tuple(c for c in REGISTRY.choices("quantization_type") if c != "none")
+
+
+def allowed_bits(quantization_type: str) -> tuple[int, ...]:
+    """Bits some registered backend accepts for ``quantization_type``."""
+    from .techniques import REGISTRY
+
+    return tuple(sorted({b for t in REGISTRY.selected_by("quantization_type", quantization_type)
+                         for b in t.accepts.get("quantization_bits", ())}))
+
+
+QUANTIZATION_TYPES = ("dynamic", "static", "weight_only")  # the built-in ones; see quantization_types()
+BACKENDS = ("auto", "torch_ao", "torchao", "pt2e")
+_BACKEND_ALIASES = {"torch.ao": "torch_ao"}
 ENGINES = ("auto", "x86", "fbgemm", "qnnpack", "onednn")
 _DTYPES = (torch.qint8, torch.quint8, torch.float16)
 
@@ -44,7 +59,9 @@ class QuantizationConfig:
         quantize_weights / quantize_activations: informational for dynamic/weight-only;
             ``static`` quantizes both.
         per_channel: per-output-channel weight scales (more accurate, same speed).
-        backend: ``auto`` (see the table in :mod:`optimizers._backends`), ``torch.ao`` or ``torchao``.
+        backend: ``auto`` (the registry's order, see :mod:`optimizers.techniques.quantize`),
+            ``torch_ao``, ``torchao`` or ``pt2e``; a pair no backend implements raises
+            ``UnsupportedOnDeviceError`` with the registry's reason.
         engine: torch.ao quantized engine: ``auto`` (x86 when present), ``qnnpack``, ...
         reduce_range: torch.ao dynamic int8 quantizes activations to 7 bits (True, torch.ao's
             default, safe on every x86 CPU). False uses all 8 bits: more accurate, and safe only
@@ -70,16 +87,22 @@ class QuantizationConfig:
 
     def __post_init__(self) -> None:
         owner = "QuantizationConfig"
-        check_choice(owner, "quantization_type", self.quantization_type, QUANTIZATION_TYPES)
-        check_choice(owner, "bits", self.bits, ALLOWED_BITS[self.quantization_type])
+        check_choice(owner, "quantization_type", self.quantization_type, quantization_types())
+        check_choice(owner, "bits", self.bits, allowed_bits(self.quantization_type))
         check_choice(owner, "dtype", self.dtype, _DTYPES)
         if self.dtype == torch.float16 and self.bits != 16:
             object.__setattr__(self, "bits", 16)
-            check_choice(owner, "bits", 16, ALLOWED_BITS[self.quantization_type])
+            check_choice(owner, "bits", 16, allowed_bits(self.quantization_type))
+        object.__setattr__(self, "backend", _BACKEND_ALIASES.get(self.backend, self.backend))
         check_choice(owner, "backend", self.backend, BACKENDS)
         check_choice(owner, "engine", self.engine, ENGINES)
-        if self.quantization_type == "weight_only":
-            check_choice(owner, "backend (weight_only is torchao-only)", self.backend, ("auto", "torchao"))
+        if self.backend != "auto":
+            from .techniques import REGISTRY
+
+            have = REGISTRY.backends_for(self.quantization_type)
+            if self.backend not in have:
+                raise ConfigError(f"{owner}.backend {self.backend!r} does not implement {self.quantization_type}; "
+                                  f"backends that do: {', '.join(have)}")
         if self.reduce_range is not None and not isinstance(self.reduce_range, bool):
             raise ConfigError(f"{owner}.reduce_range must be a bool or None (auto); got {self.reduce_range!r}")
         if not self.quantize_weights:
@@ -89,7 +112,7 @@ class QuantizationConfig:
 
 
 class _Quantizer:
-    """Shared verb: copy, quantize, measure. Subclasses implement ``_quantize``."""
+    """Shared verb: copy, quantize (through the technique registry), measure."""
 
     kind = ""
 
@@ -104,20 +127,38 @@ class _Quantizer:
         self.optimized_model: nn.Module | None = None
         self.backend = ""
         self.engine = ""
+        self.stage_info: Any = None
 
     def optimize(self) -> nn.Module:
-        """Return a quantized copy of the model; the input model is untouched."""
+        """Return a quantized copy of the model; the input model is untouched.
+
+        The registry picks the technique for (type, bits, backend) on the model's device and is
+        the only judge of feasibility: a refusal raises ``UnsupportedOnDeviceError`` with its reason.
+        """
+        from .techniques import REGISTRY, ApplyContext
+
         model = clone_model(self.model).eval()
-        self.optimized_model = self._quantize(model)
+        device = model_device(model)
+        params = {"quantization_type": self.kind, "quantization_bits": self.config.bits,
+                  "quantization_backend": self.config.backend}
+        plan, reason = REGISTRY.plan(params, device)
+        if reason:
+            raise UnsupportedOnDeviceError(reason)
+        tech = next(t for t in plan if t.stage == "quantize")
+        opts = {"per_channel": self.config.per_channel, "engine": self.config.engine,
+                "reduce_range": self.config.reduce_range}
+        ctx = ApplyContext(example_inputs=self._example_inputs(), device=device,
+                           calibration=self._calibration(), options={"quantization": opts})
+        self.optimized_model, self.stage_info = tech.apply(model, params, ctx)
+        self.backend = tech.backend or ""
+        self.engine = self.stage_info.details.get("engine", "") or ""
         return self.optimized_model
 
-    def _quantize(self, model: nn.Module) -> nn.Module:
-        raise NotImplementedError
+    def _example_inputs(self) -> tuple[Any, ...]:
+        return ()
 
-    def _backend_for(self, device: torch.device) -> str:
-        if self.config.backend != "auto":
-            return self.config.backend
-        return "torch.ao" if device.type == "cpu" and _torch_ao.available() else "torchao"
+    def _calibration(self) -> list[tuple[Any, ...]] | None:
+        return None
 
     def get_size_info(self) -> dict[str, Any]:
         """``original_size_bytes``, ``optimized_size_bytes``, ``compression_ratio``, ``backend``."""
@@ -142,22 +183,6 @@ class DynamicQuantizer(_Quantizer):
     """
 
     kind = "dynamic"
-
-    def _quantize(self, model: nn.Module) -> nn.Module:
-        device = model_device(model)
-        self.backend = self._backend_for(device)
-        if self.backend == "torch.ao":
-            if device.type != "cpu":
-                raise UnsupportedOnDeviceError("torch.ao dynamic quantization runs on CPU only")
-            model, self.engine = _torch_ao.quantize_dynamic(
-                model, bits=self.config.bits, per_channel=self.config.per_channel,
-                engine=self.config.engine, reduce_range=self.config.reduce_range,
-            )
-            return model
-        if self.config.bits == 16:
-            raise UnsupportedOnDeviceError("fp16-weight dynamic quantization is a torch.ao CPU path; "
-                                           "on GPU use precision fp16")
-        return _torchao.quantize(model, kind="dynamic", bits=8, device=device)
 
 
 class StaticQuantizer(_Quantizer):
@@ -191,19 +216,11 @@ class StaticQuantizer(_Quantizer):
             raise ConfigError("StaticQuantizer.calibration_loader is empty: give at least one batch")
         self.example_inputs = example_inputs or tuple(self.calibration[0])
 
-    def _quantize(self, model: nn.Module) -> nn.Module:
-        device = model_device(model)
-        self.backend = self._backend_for(device)
-        if device.type != "cpu" or self.backend != "torch.ao":
-            raise UnsupportedOnDeviceError(
-                f"static int8 quantization has no kernel on {device.type} with backend {self.backend!r}; "
-                "it runs on CPU with torch.ao"
-            )
-        model, self.engine = _torch_ao.quantize_static(
-            model, example_inputs=self.example_inputs, calibration=[tuple(b) for b in self.calibration],
-            per_channel=self.config.per_channel, engine=self.config.engine,
-        )
-        return model
+    def _example_inputs(self) -> tuple[Any, ...]:
+        return tuple(self.example_inputs)
+
+    def _calibration(self) -> list[tuple[Any, ...]] | None:
+        return [tuple(b) for b in self.calibration]
 
 
 class WeightOnlyQuantizer(_Quantizer):
@@ -215,11 +232,6 @@ class WeightOnlyQuantizer(_Quantizer):
     """
 
     kind = "weight_only"
-
-    def _quantize(self, model: nn.Module) -> nn.Module:
-        device = model_device(model)
-        self.backend = "torchao"
-        return _torchao.quantize(model, kind="weight_only", bits=self.config.bits, device=device)
 
 
 _QUANTIZERS: dict[str, type[_Quantizer]] = {

@@ -1,13 +1,17 @@
-"""A recipe: one point of the search space, applied in the order prune → recover → quantize →
-cast → compile.
+"""A recipe: one point of the search space, applied stage by stage in the registry's order
+(prune → factorize → quantize → precision → compile).
 
 The sweep's trial and the analysis export both call :func:`apply_recipe`, so an exported model is
-built exactly the way it was measured.
+built exactly the way it was measured. Every stage reports whether it changed the model; the
+stages that did make up the *effective* recipe (:func:`effective_recipe`), which is what a row is
+labelled and deduplicated by.
 
 >>> import torch
 >>> r = Recipe(quantization_type="dynamic", quantization_bits=8)
 >>> m, info = apply_recipe(torch.nn.Sequential(torch.nn.Linear(8, 8)), r,
 ...                        example_inputs=(torch.randn(2, 8),))
+>>> info["effective"]["quantization_backend"]
+'torch_ao'
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -23,16 +27,18 @@ from torch import nn
 
 from ._utils import clone_model
 from .errors import ConfigError, UnsupportedOnDeviceError, check_choice
-from .mixed_precision import PRECISIONS, MixedPrecisionWrapper, device_supports
-from .pruning import PRUNING_METHODS, ModelPruner, PruningConfig
-from .quantization import ALLOWED_BITS, QUANTIZATION_TYPES, QuantizationConfig, make_quantizer
+from .techniques import AUTO_BACKEND, DIMENSIONS, PRECISION_MODES, REGISTRY, ApplyContext, StageInfo
 
-PRECISION_MODES = ("auto", "autocast", "cast")
+__all__ = ["Recipe", "apply_recipe", "check_feasible", "effective_recipe", "UnsupportedOnDeviceError",
+           "PRECISION_MODES"]
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One combination of techniques. ``none`` disables a technique.
+    """One combination of techniques. ``none`` (``fp32``, ``False``) turns a stage off.
+
+    Field names are the search dimensions (:data:`optimizers.techniques.DIMENSIONS`) and the
+    Parquet columns; allowed values come from the registry.
 
     >>> Recipe.from_row({"pruning_method": "none", "precision": "bf16"}).precision
     'bf16'
@@ -44,20 +50,23 @@ class Recipe:
     quantization_bits: int | None = None
     precision: str = "fp32"
     compile: bool = False
+    quantization_backend: str = AUTO_BACKEND
     precision_mode: str = "auto"
 
     def __post_init__(self) -> None:
-        check_choice("Recipe", "pruning_method", self.pruning_method, ("none", *PRUNING_METHODS))
-        check_choice("Recipe", "quantization_type", self.quantization_type, ("none", *QUANTIZATION_TYPES))
-        check_choice("Recipe", "precision", self.precision, tuple(PRECISIONS))
+        for name in ("pruning_method", "quantization_type", "quantization_backend", "precision"):
+            check_choice("Recipe", name, getattr(self, name), REGISTRY.choices(name))
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"Recipe.compile must be a bool; got {self.compile!r}")
         check_choice("Recipe", "precision_mode", self.precision_mode, PRECISION_MODES)
-        # Normalise: no amount without pruning, no bits without quantization.
-        if self.pruning_method == "none":
+        # Normalise: a dimension exists only when the technique that uses it is chosen.
+        if not REGISTRY.uses("pruning_method", self.pruning_method):
             object.__setattr__(self, "pruning_amount", None)
         elif self.pruning_amount is None:
             raise ConfigError("Recipe.pruning_amount is required when pruning_method is not 'none'")
         if self.quantization_type == "none":
             object.__setattr__(self, "quantization_bits", None)
+            object.__setattr__(self, "quantization_backend", AUTO_BACKEND)
         elif self.quantization_bits is None:
             object.__setattr__(self, "quantization_bits", 8)
 
@@ -80,8 +89,18 @@ class Recipe:
             quantization_bits=None if bits is None else int(bits),
             precision=str(val("precision", "fp32")),
             compile=bool(val("compile", False)),
+            quantization_backend=str(val("quantization_backend", AUTO_BACKEND)),
             precision_mode=str(val("precision_mode", "auto")),
         )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Recipe:
+        """From sampled parameters (unknown keys ignored; amounts rounded to 6 digits)."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in params.items() if k in names}
+        if kw.get("pruning_amount") is not None:
+            kw["pruning_amount"] = round(float(kw["pruning_amount"]), 6)
+        return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,31 +109,29 @@ class Recipe:
         """Canonical JSON: equal recipes have equal keys (used to never measure twice)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def resolved(self, device: torch.device | str) -> Recipe:
+        """This recipe with ``quantization_backend: auto`` replaced by the backend that runs it."""
+        if self.quantization_type == "none" or self.quantization_backend != AUTO_BACKEND:
+            return self
+        plan, reason = REGISTRY.plan(self.to_dict(), device)
+        backend = next((t.backend for t in plan if t.stage == "quantize" and t.backend), None)
+        if reason or backend is None:
+            return self
+        return Recipe(**{**self.to_dict(), "quantization_backend": backend})
+
 
 def check_feasible(recipe: Recipe, device: torch.device | str) -> str | None:
-    """Why ``recipe`` cannot run on ``device`` (a known-impossible combination), or None."""
-    device = torch.device(device)
-    qt, bits = recipe.quantization_type, recipe.quantization_bits
-    if qt != "none" and bits not in ALLOWED_BITS[qt]:
-        return f"{qt} quantization supports bits {list(ALLOWED_BITS[qt])}; got {bits}"
-    if qt == "weight_only" and bits == 4 and device.type != "cuda":
-        return f"int4 weight-only quantization has no kernel on {device.type}"
-    if qt == "static" and device.type != "cpu":
-        return f"static int8 quantization has no kernel on {device.type}"
-    if qt == "dynamic" and bits == 16 and device.type != "cpu":
-        return "fp16-weight dynamic quantization is a CPU path; use precision fp16 on GPU"
-    # bf16 without native support would silently fall back to fp32 and be labelled bf16;
-    # fp16 on a CPU is allowed: it runs (emulated, slowly) and the data shows it.
-    if recipe.precision == "bf16" or (recipe.precision != "fp32" and device.type == "cuda"):
-        ok, reason = device_supports(PRECISIONS[recipe.precision], device)
-        if not ok:
-            return reason
-    if (recipe.precision != "fp32" and recipe.precision_mode == "cast" and qt in ("static", "dynamic")
-            and device.type == "cpu"):
-        return "precision_mode 'cast' cannot cast torch.ao quantized modules (fp32 activations only)"
-    if recipe.compile and qt in ("static", "dynamic") and device.type == "cpu":
-        return "torch.compile cannot trace torch.ao quantized modules (packed params)"
-    return None
+    """Why ``recipe`` cannot run on ``device`` (the registry's verdict), or None."""
+    return REGISTRY.check(recipe.to_dict(), device)
+
+
+def effective_recipe(stages: Iterable[StageInfo]) -> Recipe:
+    """The recipe made of the stages that changed the model (``none`` for the others)."""
+    kw: dict[str, Any] = {}
+    for s in stages:
+        if s.changed:
+            kw.update(s.effective)
+    return Recipe.from_params(kw)
 
 
 def apply_recipe(
@@ -129,53 +146,44 @@ def apply_recipe(
     evaluate: Callable[[nn.Module], float] | None = None,
     train_step: Callable[..., Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Apply ``recipe`` to a copy of ``model``: prune → recover → quantize → cast → compile.
+    """Apply ``recipe`` to a copy of ``model``, one registered stage after another.
 
-    Returns the optimized model and an info dict (``pruning``, ``quantization``, ``precision``
-    sub-dicts). Raises :class:`UnsupportedOnDeviceError` for known-impossible combinations.
+    Returns the optimized model and an info dict: ``stages`` (one :class:`StageInfo` per active
+    stage), ``effective`` (the effective recipe as a dict), ``techniques`` (labels), plus the
+    legacy per-stage sub-dicts ``pruning``, ``quantization``, ``precision``. Raises
+    :class:`UnsupportedOnDeviceError` for known-impossible combinations (the registry's reason).
     """
     device = torch.device(device)
-    reason = check_feasible(recipe, device)
+    params = recipe.to_dict()
+    plan, reason = REGISTRY.plan(params, device)
     if reason:
         raise UnsupportedOnDeviceError(reason)
     calib = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calibration] if calibration else None
     inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in example_inputs)
+    ctx = ApplyContext(
+        example_inputs=inputs, device=device,
+        calibration=[tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in calib]
+        if calib else None,
+        options={"pruning": dict(pruning_options or {}), "quantization": dict(quantization_options or {})},
+        evaluate=evaluate, train_step=train_step,
+    )
     out = clone_model(model).to(device).eval()
-    info: dict[str, Any] = {"recipe": recipe.to_dict()}
-
-    if recipe.pruning_method != "none" and recipe.pruning_amount:
-        cfg = PruningConfig(method=recipe.pruning_method, amount=float(recipe.pruning_amount),
-                            **dict(pruning_options or {}))
-        pruner = ModelPruner(
-            out, cfg, example_inputs=inputs,
-            calibration_data=[tuple(t.to(device) for t in b) for b in calib] if calib else None,
-            train_step=train_step, evaluate=evaluate,
-        )
-        out = pruner.prune_model()
-        info["pruning"] = pruner.get_pruning_info()
-
-    if recipe.quantization_type != "none":
-        qcfg = QuantizationConfig(quantization_type=recipe.quantization_type,
-                                  bits=int(recipe.quantization_bits or 8), **dict(quantization_options or {}))
-        quantizer = make_quantizer(out, qcfg, calibration=calib, example_inputs=inputs)
-        out = quantizer.optimize()
-        info["quantization"] = quantizer.get_size_info()
-
-    if recipe.precision != "fp32":
-        mode = recipe.precision_mode
-        if mode == "auto":  # quantized modules expect fp32 activations: autocast around them
-            mode = "autocast" if recipe.quantization_type != "none" else "cast"
-        wrapper = MixedPrecisionWrapper(out, PRECISIONS[recipe.precision], use_auto_cast=(mode == "autocast"))
-        info["precision"] = {"mode": mode, "effective_dtype": str(wrapper.dtype), "fallback": wrapper.fallback}
-        out = wrapper
-
-    if recipe.compile:
-        torch._dynamo.reset()  # a fresh cache per trial: avoids hitting the recompile limit
-        out = torch.compile(out)  # type: ignore[assignment]
-        with torch.inference_mode():
-            out(*inputs)  # compile now, so compile time is not mistaken for latency
+    stages: list[StageInfo] = []
+    info: dict[str, Any] = {"recipe": params}
+    for tech in plan:
+        out, stage = tech.apply(out, params, ctx)
+        ctx.upstream.append(tech)
+        stages.append(stage)
+        legacy = {"prune": "pruning", "factorize": "pruning", "quantize": "quantization",
+                  "precision": "precision", "compile": "compile"}[tech.stage]
+        info[legacy] = {**stage.details, "changed": stage.changed, "note": stage.note}
+    if recipe.compile and "compile" in info:
         info["compiled"] = True
+    info["stages"] = stages
+    info["techniques"] = [t.label for t in plan]
+    info["effective"] = effective_recipe(stages).to_dict()
     return out, info
 
 
-__all__ = ["Recipe", "apply_recipe", "check_feasible", "UnsupportedOnDeviceError"]
+# Every recipe field is a registered dimension (or the non-searched precision_mode).
+assert {f.name for f in fields(Recipe)} - {"precision_mode"} == set(DIMENSIONS)

@@ -18,10 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from optimizers.mixed_precision import PRECISIONS
-from optimizers.pruning import PRUNING_METHODS
-from optimizers.quantization import QUANTIZATION_TYPES
-
 from .errors import ConfigError
 
 METRICS = (
@@ -37,7 +33,9 @@ CONSTRAINT_KEYS = {
     "min_compression_ratio": ("compression_ratio", "min"),
 }
 OUT_SCHEMES = ("s3", "gs", "hdfs", "abfs", "abfss")
-SECRET_QUERY = re.compile(r"((?:secret_key|access_key|session_token|password|token|sas_token)=)[^&\s]+", re.I)
+SECRET_QUERY = re.compile(  # KEY=VALUE where KEY looks like a secret: X-Amz-Signature, sig, account_key...
+    r"(?<![\w.-])((?:[\w.-]*(?:password|passwd|pwd|secret|token|credential|signature|key|auth)[\w.-]*"
+    r"|sig|sas)=)[^&\s#'\"]+", re.I)
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -67,22 +65,37 @@ class Range(_Strict):
 
 
 class SearchSpace(_Strict):
-    """One entry per dimension: a list of choices (or a range for ``pruning_amount``)."""
+    """One entry per dimension: a list of choices (or a range for ``pruning_amount``).
 
-    pruning_method: list[Literal["none", "magnitude", "random", "global_magnitude", "structured"]] = ["none"]
+    The allowed values of every list come from the technique registry
+    (:data:`optimizers.techniques.REGISTRY`); registering a technique adds its name here.
+    """
+
+    pruning_method: list[str] = ["none"]
     pruning_amount: Range | list[float] = Range(low=0.1, high=0.5, step=0.1)
-    quantization_type: list[Literal["none", "dynamic", "static", "weight_only"]] = ["none"]
-    quantization_bits: list[Literal[4, 8, 16]] = [8]
-    precision: list[Literal["fp32", "fp16", "bf16"]] = ["fp32"]
+    quantization_type: list[str] = ["none"]
+    quantization_bits: list[int] = [8]
+    quantization_backend: list[str] = ["auto"]
+    precision: list[str] = ["fp32"]
     compile: list[bool] = [False]
 
-    @field_validator("pruning_method", "quantization_type", "quantization_bits", "precision", "compile")
+    @field_validator("pruning_method", "quantization_type", "quantization_bits", "quantization_backend",
+                     "precision", "compile", mode="before")
     @classmethod
-    def _non_empty_unique(cls, v: list[Any]) -> list[Any]:
+    def _registered(cls, v: Any, info: Any) -> Any:
+        from optimizers.techniques import REGISTRY
+
+        if not isinstance(v, list):
+            raise ValueError(f"must be a list of choices; got {v!r}")
         if not v:
             raise ValueError("must list at least one choice")
-        if len(set(v)) != len(v):
+        if len({json.dumps(x) for x in v}) != len(v):
             raise ValueError(f"has duplicate choices: {v}")
+        allowed = REGISTRY.choices(info.field_name)
+        for x in v:
+            is_bool = isinstance(x, bool)
+            if x not in allowed or is_bool != (info.field_name == "compile"):
+                raise ValueError(f"must be one of {', '.join(map(repr, allowed))}; got {x!r}")
         return v
 
     @field_validator("pruning_amount")
@@ -207,7 +220,10 @@ class SweepConfig(_Strict):
     def _quantization(cls, v: dict[str, Any]) -> dict[str, Any]:
         from optimizers.quantization import QuantizationConfig
 
-        allowed = ("per_channel", "reduce_range", "engine", "backend")
+        if "backend" in v:
+            raise ValueError("'backend' moved to the search space: use search.quantization_backend "
+                             "(auto, torch_ao, torchao, pt2e)")
+        allowed = ("per_channel", "reduce_range", "engine")
         _known_keys(v, allowed, "quantization option")
         try:
             QuantizationConfig(quantization_type="dynamic", **v)
@@ -217,12 +233,6 @@ class SweepConfig(_Strict):
 
     def directions(self) -> list[str]:
         return list(self.objectives.values())
-
-
-# Sanity: the literals above must track the optimizers' registries.
-assert set(PRUNING_METHODS) | {"none"} == set(SearchSpace.model_fields["pruning_method"].annotation.__args__[0].__args__)  # type: ignore[union-attr]
-assert set(QUANTIZATION_TYPES) | {"none"} == set(SearchSpace.model_fields["quantization_type"].annotation.__args__[0].__args__)  # type: ignore[union-attr]
-assert set(PRECISIONS) == set(SearchSpace.model_fields["precision"].annotation.__args__[0].__args__)  # type: ignore[union-attr]
 
 
 def _format_error(exc: ValidationError) -> str:
@@ -281,24 +291,47 @@ def resolve_out(cfg: SweepConfig, config_dir: Path) -> str:
     return str((config_dir / cfg.out).resolve())
 
 
-def redact(url: str | None) -> str | None:
-    """Hide credentials in a storage URL, in the user part and in query parameters.
+def redact(url: str | None, *, keep_user: bool = True) -> str | None:
+    """Hide credentials in a URL: the userinfo password and every query value whose key looks
+    like a secret (:data:`SECRET_QUERY`). ``keep_user=False`` hides the whole userinfo.
+
+    Passwords are often pasted unencoded, so a ``/``, ``@`` or ``:`` inside one still counts
+    as password: the userinfo runs to the last ``@`` before the query when the authority
+    holds a ``:`` (``s3://KEY:a/b@bucket``); an ``@`` in the path of a URL without one
+    (``s3://bucket/v@2``) is left alone. When in doubt, more is hidden, never less.
 
     >>> redact("postgresql://u:secret@h/db")
     'postgresql://u:***@h/db'
     >>> redact("s3://b/x?region=eu&secret_key=abc&access_key=AKIA")
     's3://b/x?region=eu&secret_key=***&access_key=***'
+    >>> redact("s3://AKIA:ab/c@d@bucket/x?X-Amz-Signature=f00&sig=1")
+    's3://AKIA:***@bucket/x?X-Amz-Signature=***&sig=***'
     """
     if not url or "://" not in url:
         return url
     url = SECRET_QUERY.sub(lambda m: f"{m.group(1)}***", url)
-    parts = urlsplit(url)
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    netloc = f"{user}:***@{host}" if user else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    scheme, rest = url.split("://", 1)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced '[' in the host
+        parts = None
+    authority = parts.netloc if parts is not None else re.split(r"[/?#]", rest, maxsplit=1)[0]
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, cut)
+    if at < 0:
+        if ":" not in authority or "@" not in rest:
+            return url
+        at = rest.rfind("@")  # a password holding '?' or '#'
+    elif "/" in rest[:at] and ":" not in authority and "@" not in authority:
+        return url  # an '@' in the path, no userinfo
+    userinfo, host = rest[:at], rest[at + 1:]
+    if ":" not in userinfo and scheme.lower() in ("abfs", "abfss", "wasb", "wasbs"):
+        return url  # abfs://CONTAINER@ACCOUNT...: the user part names the container
+    user = userinfo.split(":", 1)[0]
+    hidden = f"{user}:***" if keep_user and user and ":" in userinfo else "***"
+    if parts is not None and parts.netloc.rpartition("@")[0] == userinfo:  # the usual case
+        return urlunsplit(parts._replace(netloc=f"{hidden}@{parts.netloc.rpartition('@')[2]}"))
+    return f"{scheme}://{hidden}@{host}"  # the password holds '/', '?' or '#'
 
 
 def config_json(cfg: SweepConfig) -> str:

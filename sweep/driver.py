@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,13 @@ import torch
 from optuna.trial import TrialState
 
 from analysis.schema import BASELINE_TRIAL
+from optimizers.recipe import check_feasible
 
 from .config import SweepConfig, redact, resolve_out
 from .errors import ConfigError, SweepError
 from .progress import Progress
 from .results import ResultsWriter
+from .scheduler import Scheduler
 from .space import complete, grid, suggest, to_recipe
 from .trial import TrialSpec, constraint_values
 
@@ -100,6 +101,8 @@ class Driver:
         self.progress = Progress(cfg, enabled=progress)
         self.study: optuna.Study | None = None
         self.seen: dict[str, dict[str, Any]] = {}  # recipe key -> row (never measure twice)
+        self._open_trials: dict[int, optuna.Trial] = {}  # asked here, not yet told
+        self.scheduler = Scheduler()
         self.baseline: dict[str, Any] | None = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -158,14 +161,25 @@ class Driver:
         if values is None:
             study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             return
+        cons: dict[str, float] = {}
         if self.cfg.constraints:
-            cons = [1.0] * len(self.cfg.constraints) if state == "INFEASIBLE" else constraint_values(
+            vals = [1.0] * len(self.cfg.constraints) if state == "INFEASIBLE" else constraint_values(
                 row, self.cfg.constraints)
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-            trial = optuna.trial.Trial(study, trial_id)
-            for name, value in zip(self.cfg.constraints, cons, strict=True):
-                trial.set_constraint(name, value)
-        study.tell(number, values, skip_if_finished=True)
+            cons = dict(zip(self.cfg.constraints, vals, strict=True))
+        trial = self._open_trials.pop(number, None)
+        if trial is None:
+            # A trial a dead driver asked (resume): Optuna's public API offers no handle to set its
+            # constraints, so it is failed and its result added as a new, complete trial.
+            frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            if frozen is not None:
+                study.add_trial(optuna.trial.create_trial(
+                    params=frozen.params, distributions=frozen.distributions, values=values,
+                    constraints=cons or None, user_attrs={"row_trial_number": number}))
+            return
+        for name, value in cons.items():
+            trial.set_constraint(name, value)
+        study.tell(trial, values, skip_if_finished=True)
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> SweepSummary:
@@ -203,6 +217,7 @@ class Driver:
                                            self.worker_cls or executor.TrialWorker, custom), payload_ref)
         interrupted = False
         self.progress.start(total=self.cfg.n_trials, done=done)
+        restore = self._defer_sigint()
         try:
             self.baseline = self._baseline(pool, payload_ref, base_spec)
             self.seen.setdefault(_key_of(self.baseline), self.baseline)  # the untouched model is a config too
@@ -210,19 +225,41 @@ class Driver:
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            for row in getattr(self, "_finished", []):  # measured but not yet persisted
+            for row in self.scheduler.take_finished():  # measured but not yet persisted
                 self._finish(study, row)
-            unfinished = [f.spec for f in pool.inflight.values() if f.spec.trial_number >= 0]  # not the baseline
-            unfinished += list(getattr(self, "_ready", []))
-            unfinished += [spec for specs in getattr(self, "_waiting", {}).values() for spec in specs]
-            for spec in unfinished:  # asked but not finished: fail in the study, re-queue for resume
+            running = [f.spec for f in pool.inflight.values() if f.spec.trial_number >= 0]  # not the baseline
+            for spec in self.scheduler.unfinished(running):  # asked but not finished: fail in the study, re-queue for resume
                 study.tell(spec.trial_number, state=TrialState.FAIL, skip_if_finished=True)
                 study.enqueue_trial(dict(spec.params), user_attrs={"requeued_from": spec.trial_number})
             pool.close()
             self.progress.stop()
+            restore()
         states = self._states()
         return SweepSummary(out=self.out, n_rows=sum(states.values()), states=states,
                             interrupted=interrupted, duration_s=time.perf_counter() - t_start)
+
+    def _defer_sigint(self) -> Any:
+        """Ctrl-C sets a flag the loop checks between steps, so it never lands inside a storage
+        write (Optuna's journal lock, a Parquet rename); a second Ctrl-C interrupts at once."""
+        import signal
+        import threading
+
+        self._stop = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def _check_stop(self) -> None:
+        if getattr(self, "_stop", False):
+            raise KeyboardInterrupt
 
     def _device(self, resources: dict[str, float]) -> str:
         if self.cfg.device == "auto":
@@ -269,6 +306,7 @@ class Driver:
         return ray.put({"model": model.eval(), "example_inputs": tuple(inputs), "calibration": calib})
 
     def _enqueue_grid(self, study: optuna.Study) -> None:
+        # Keys here compare requested recipes (``auto`` unresolved): the grid lists requests.
         existing = set()
         for t in study.get_trials(deepcopy=False):
             # Enqueued (WAITING) trials hold their point in system attrs; asked ones in params.
@@ -285,7 +323,7 @@ class Driver:
         row = self.writer.read(BASELINE_TRIAL)
         if row is None or row["state"] != "COMPLETE":
             row = pool.run_sync(payload_ref, TrialSpec(**{**spec.__dict__, "trial_number": BASELINE_TRIAL}), None,
-                                self.cfg.trial_timeout_s)
+                                self.cfg.trial_timeout_s, self._check_stop)
             self.writer.write(row)
         if row["state"] != "COMPLETE":
             raise SweepError(f"the baseline (untouched model) failed: {row.get('error')}")
@@ -297,70 +335,50 @@ class Driver:
         """Keep every worker busy. The driver's own per-trial work (ask, suggest, Parquet write,
         tell) happens while the workers run: freed workers are refilled first from trials asked
         ahead of time, then finished rows are persisted, then the next trial is asked ahead."""
-        from optimizers.recipe import check_feasible
-
-        state = {"asked": 0}
-        finished: list[dict[str, Any]] = []  # rows to persist + tell, in order
-        self._finished = finished
-        waiting_dups: dict[str, list[TrialSpec]] = {}
-        self._waiting = waiting_dups
-        inflight_keys: dict[str, int] = {}
-        ready: deque[TrialSpec] = deque()  # asked ahead, to dispatch as soon as a worker frees
-        self._ready = ready
+        sched = self.scheduler
 
         def ask_one() -> None:
             """Ask one trial; INFEASIBLE and duplicates are finished here and take no worker."""
             trial = study.ask()
-            state["asked"] += 1
+            self._open_trials[trial.number] = trial
             params = suggest(trial, self.cfg.search)
             spec = TrialSpec(**{**base.__dict__, "trial_number": trial.number, "params": params})
             recipe = to_recipe(params)
-            key = recipe.key()
             reason = check_feasible(recipe, base.device)
             if reason:
+                sched.asked += 1
                 self._finish(study, self._infeasible(spec, reason))
-            elif key in self.seen:  # queued behind its original, which may not be persisted yet
-                finished.append(self._duplicate(spec, self.seen[key]))
-            elif key in inflight_keys:
-                waiting_dups.setdefault(key, []).append(spec)
-            else:
-                inflight_keys[key] = spec.trial_number
-                ready.append(spec)
+                return
+            key = recipe.resolved(base.device).key()
+            sched.admit(spec, key, self.seen.get(key), self._duplicate)
 
         while True:
-            while pool.has_free() and (ready or state["asked"] < remaining):
-                if ready:
-                    pool.submit(payload_ref, ready.popleft(), self.baseline)
+            self._check_stop()
+            while pool.has_free() and (sched.ready or sched.asked < remaining):
+                if sched.ready:
+                    pool.submit(payload_ref, sched.next_ready(), self.baseline)
                 else:
                     ask_one()
-            for row in finished:  # workers are busy again: now persist + tell
+            for row in sched.take_finished():  # workers are busy again: now persist + tell
                 self._finish(study, row)
-            finished.clear()
-            if not ready and state["asked"] < remaining:
+            if not sched.ready and sched.asked < remaining:
                 ask_one()  # prepare the next trial while the workers run
-            if not pool.inflight and not ready:
-                if state["asked"] >= remaining:
+            if not pool.inflight and not sched.ready:
+                if sched.asked >= remaining and sched.idle():
+                    for row in sched.take_finished():
+                        self._finish(study, row)
                     return False
                 continue
             self.progress.update(running=len(pool.inflight))
             for row in pool.wait(self.cfg.trial_timeout_s, self.cfg.max_retries, self.baseline):
-                key = _key_of(row)
-                inflight_keys.pop(key, None)
-                finished.append(row)
-                if row["state"] in ("COMPLETE", "INFEASIBLE"):
+                ok = row["state"] in ("COMPLETE", "INFEASIBLE")
+                key = sched.key_of(int(row["trial_number"]))
+                if ok:
                     self.seen[key] = row
-                specs = waiting_dups.pop(key, [])
-                if row["state"] in ("COMPLETE", "INFEASIBLE"):
-                    finished.extend(self._duplicate(spec, row) for spec in specs)
-                elif specs:  # the original failed: measure the first repeat for real
-                    inflight_keys[key] = specs[0].trial_number
-                    ready.append(specs[0])
-                    if specs[1:]:
-                        waiting_dups[key] = specs[1:]
-            if not pool.inflight and not ready and not waiting_dups and state["asked"] >= remaining:
-                for row in finished:
+                sched.done(row, ok, self._duplicate)
+            if not pool.inflight and sched.idle() and sched.asked >= remaining:
+                for row in sched.take_finished():
                     self._finish(study, row)
-                finished.clear()
                 return False
 
     def _finish(self, study: optuna.Study, row: dict[str, Any]) -> None:
@@ -399,9 +417,19 @@ class Driver:
 
 
 def _key_of(row: dict[str, Any]) -> str:
+    """A row's configuration key: its recipe with ``auto`` resolved to the backend that ran it."""
+    from dataclasses import replace
+
     from optimizers.recipe import Recipe
 
-    return Recipe.from_row(row).key()
+    recipe = Recipe.from_row(row)
+    backend = row.get("quant_backend")
+    if recipe.quantization_type != "none" and recipe.quantization_backend == "auto":
+        if isinstance(backend, str) and backend:
+            recipe = replace(recipe, quantization_backend=backend)
+        else:
+            recipe = recipe.resolved(str(row.get("device") or "cpu"))
+    return recipe.key()
 
 
 def _config_json(cfg: SweepConfig) -> str:
@@ -453,9 +481,11 @@ class _Pool:
         self.inflight[spec.trial_number] = _Inflight(ref, actor, spec, time.monotonic())
 
     def run_sync(self, payload_ref: list[Any], spec: TrialSpec, baseline: dict[str, Any] | None,
-                 timeout_s: float) -> dict[str, Any]:
+                 timeout_s: float, check_stop: Any = None) -> dict[str, Any]:
         self.submit(payload_ref, spec, baseline)
         while True:
+            if check_stop is not None:
+                check_stop()
             rows = self.wait(timeout_s, 0, baseline)
             if rows:
                 return rows[0]

@@ -1,7 +1,10 @@
 """The search space: sweep config dimensions -> Optuna ``suggest_*`` calls -> a :class:`Recipe`.
 
-The space is conditional: ``pruning_amount`` exists only when a pruning method is chosen, and
-``quantization_bits`` only when a quantization type is. Parameters are named after the Parquet
+The space is conditional and comes from the technique registry: each selector dimension
+(``pruning_method``, ``quantization_type``, ``precision``, ``compile``) is asked first, then the
+dimensions its chosen technique uses (``pruning_amount`` for a pruning method,
+``quantization_bits`` and ``quantization_backend`` for a quantization type). A dimension with one
+choice is a constant and is not stored in the study. Parameters are named after the Parquet
 columns, so a trial's params map 1:1 onto its row.
 """
 
@@ -13,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from optimizers.recipe import Recipe
+from optimizers.techniques import DIMENSIONS, REGISTRY, SELECTORS
 
 from .config import Range, SearchSpace
 
@@ -33,78 +37,86 @@ def amount_choices(space: SearchSpace) -> list[float]:
     return [round(amt.low + i * amt.step, 10) for i in range(n + 1)]
 
 
-def _choose(trial: _Suggester, name: str, choices: list[Any]) -> Any:
+def _choices(space: SearchSpace, dim: str, *, grid_points: int = 5) -> list[Any]:
+    if dim == "pruning_amount":
+        amounts = amount_choices(space)
+        if amounts:
+            return amounts
+        amt = space.pruning_amount
+        assert isinstance(amt, Range)
+        return sorted({round(float(x), 6) for x in np.linspace(amt.low, amt.high, grid_points)})
+    return list(getattr(space, dim))
+
+
+def _suggest_dim(trial: _Suggester, space: SearchSpace, dim: str) -> Any:
+    if dim == "pruning_amount" and isinstance(space.pruning_amount, Range):
+        amt = space.pruning_amount
+        if amt.low == amt.high:
+            return amt.low
+        return trial.suggest_float("pruning_amount", amt.low, amt.high, step=amt.step)
+    choices = _choices(space, dim)
     # A one-choice dimension is a constant: asking the sampler would only cost a storage write.
-    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(dim, choices)
+
+
+def _active(dim_value: tuple[str, Any]) -> list[str]:
+    return REGISTRY.uses(*dim_value)
 
 
 def suggest(trial: _Suggester, space: SearchSpace) -> dict[str, Any]:
     """Ask ``trial`` for one point; returns the params (conditional keys only when active)."""
     params: dict[str, Any] = {}
-    method = _choose(trial, "pruning_method", space.pruning_method)
-    params["pruning_method"] = method
-    if method != "none":
-        amt = space.pruning_amount
-        if isinstance(amt, Range):
-            if amt.low == amt.high:
-                params["pruning_amount"] = amt.low
-            else:
-                params["pruning_amount"] = trial.suggest_float("pruning_amount", amt.low, amt.high, step=amt.step)
-        else:
-            params["pruning_amount"] = trial.suggest_categorical("pruning_amount", sorted(amt))
-    qtype = _choose(trial, "quantization_type", space.quantization_type)
-    params["quantization_type"] = qtype
-    if qtype != "none":
-        params["quantization_bits"] = _choose(trial, "quantization_bits", space.quantization_bits)
-    params["precision"] = _choose(trial, "precision", space.precision)
-    params["compile"] = _choose(trial, "compile", space.compile)
+    for sel in SELECTORS:
+        value = _suggest_dim(trial, space, sel)
+        params[sel] = value
+        for dim in _active((sel, value)):
+            params[dim] = _suggest_dim(trial, space, dim)
     return params
 
 
 def complete(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
     """Fill in the one-choice dimensions that :func:`suggest` does not store in the study."""
     out = dict(params)
-    for name in ("pruning_method", "quantization_type", "precision", "compile"):
-        choices = getattr(space, name)
-        if name not in out and len(choices) == 1:
-            out[name] = choices[0]
-    if out.get("quantization_type", "none") != "none" and "quantization_bits" not in out \
-            and len(space.quantization_bits) == 1:
-        out["quantization_bits"] = space.quantization_bits[0]
+    for sel in SELECTORS:
+        if sel not in out:
+            choices = _choices(space, sel)
+            if len(choices) != 1:
+                continue
+            out[sel] = choices[0]
+        for dim in _active((sel, out[sel])):
+            if dim not in out:
+                if dim == "pruning_amount" and isinstance(space.pruning_amount, Range) \
+                        and space.pruning_amount.low == space.pruning_amount.high:
+                    out[dim] = space.pruning_amount.low
+                    continue
+                choices = _choices(space, dim)
+                if len(choices) == 1:
+                    out[dim] = choices[0]
     return out
 
 
 def to_recipe(params: dict[str, Any]) -> Recipe:
-    amount = params.get("pruning_amount")
-    return Recipe(
-        pruning_method=params["pruning_method"],
-        pruning_amount=None if amount is None else round(float(amount), 6),
-        quantization_type=params["quantization_type"],
-        quantization_bits=params.get("quantization_bits"),
-        precision=params["precision"],
-        compile=bool(params.get("compile", False)),
-    )
+    """The :class:`Recipe` of a point; raises KeyError/ValueError for an incomplete or bad point."""
+    for sel in SELECTORS:
+        if sel not in params and sel != "compile":
+            raise KeyError(sel)
+    return Recipe.from_params(params)
 
 
 def grid(space: SearchSpace) -> list[dict[str, Any]]:
     """Every distinct valid point of a discrete space (conditional keys collapsed)."""
-    amounts = amount_choices(space)
-    if not amounts:
-        amt = space.pruning_amount
-        assert isinstance(amt, Range)
-        amounts = sorted({round(float(x), 6) for x in np.linspace(amt.low, amt.high, 5)})
-    points: list[dict[str, Any]] = []
-    pruning = [{"pruning_method": "none"}] + [
-        {"pruning_method": m, "pruning_amount": a} for m in space.pruning_method if m != "none" for a in amounts
-    ]
-    if "none" not in space.pruning_method:
-        pruning = pruning[1:]
-    quant = [{"quantization_type": "none"}] + [
-        {"quantization_type": q, "quantization_bits": b}
-        for q in space.quantization_type if q != "none" for b in space.quantization_bits
-    ]
-    if "none" not in space.quantization_type:
-        quant = quant[1:]
-    for p, q, prec, comp in itertools.product(pruning, quant, space.precision, space.compile):
-        points.append({**p, **q, "precision": prec, "compile": comp})
+    per_selector: list[list[dict[str, Any]]] = []
+    for sel in SELECTORS:
+        options: list[dict[str, Any]] = []
+        for value in _choices(space, sel):
+            dims = _active((sel, value))
+            for combo in itertools.product(*(_choices(space, d) for d in dims)):
+                options.append({sel: value, **dict(zip(dims, combo, strict=True))})
+        per_selector.append(options)
+    points = []
+    for parts in itertools.product(*per_selector):
+        point: dict[str, Any] = {}
+        for p in parts:
+            point.update(p)
+        points.append({k: point[k] for k in DIMENSIONS if k in point})
     return points

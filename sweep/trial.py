@@ -27,6 +27,7 @@ from optimizers import UnsupportedArchitectureError, UnsupportedOnDeviceError
 from optimizers._utils import compressed_size_bytes, count_parameters, model_size_bytes
 from optimizers.benchmarking import environment, measure_latency
 from optimizers.recipe import Recipe, apply_recipe
+from optimizers.techniques import isolated_state
 
 from .config import CONSTRAINT_KEYS
 from .space import to_recipe
@@ -138,19 +139,19 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
     if recipe is None:
         return {**row, "state": "INFEASIBLE", "error_type": "InvalidParams",
                 "error": f"invalid parameters {dict(spec.params)}", "duration_s": time.perf_counter() - t0}
+    engine: str | None = None
     try:
-        model, info = apply_recipe(
-            ctx.model, recipe, example_inputs=ctx.example_inputs, calibration=ctx.calibration,
-            device=device, pruning_options=spec.pruning_options,
-            quantization_options=spec.quantization_options, evaluate=ctx.evaluate,
-            train_step=ctx.train_step,
-        )
-        row.update(measure(model, ctx, spec, device))
-        pinfo = info.get("pruning", {})
-        row["sparsity"] = pinfo.get("final_sparsity")
-        row["dense_speedup_expected"] = pinfo.get("speedup_expected", True) if pinfo else True
-        row["recovery_s"] = pinfo.get("recovery_s")
-        row["quant_backend"] = info.get("quantization", {}).get("backend")
+        # Process-global torch state (engine, threads, RNG, dynamo caches) is this trial's alone.
+        with isolated_state(threads=spec.threads, seed=0):
+            model, info = apply_recipe(
+                ctx.model, recipe, example_inputs=ctx.example_inputs, calibration=ctx.calibration,
+                device=device, pruning_options=spec.pruning_options,
+                quantization_options=spec.quantization_options, evaluate=ctx.evaluate,
+                train_step=ctx.train_step,
+            )
+            row.update(stage_columns(info))
+            engine = row.get("quantized_engine")
+            row.update(measure(model, ctx, spec, device))
         row["state"] = "COMPLETE"
     except (UnsupportedOnDeviceError, UnsupportedArchitectureError) as exc:
         # No kernel on this device, or the model can't take this technique: the combination is
@@ -164,6 +165,7 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
         if device.type == "cuda":
             torch.cuda.empty_cache()
     row.update(environment(device, spec.threads))
+    row["quantized_engine"] = engine  # the engine this row's model used, not the process default
     row["device"] = str(device)
     if baseline is not None and row["state"] == "COMPLETE":
         row.update(derived(row, baseline))
@@ -172,6 +174,24 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
         row["constraint_violation"] = float(sum(max(v, 0.0) for v in violations))
     row["duration_s"] = time.perf_counter() - t0
     return row
+
+
+def stage_columns(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Row columns from :func:`apply_recipe`'s info: what each stage did, and the effective recipe."""
+    pinfo = info.get("pruning", {})
+    qinfo = info.get("quantization", {})
+    compile_s = sum(float(s.details.get("compile_s") or 0.0) for s in info.get("stages", []))
+    return {
+        "sparsity": pinfo.get("final_sparsity", pinfo.get("sparsity")),
+        "dense_speedup_expected": bool(pinfo.get("speedup_expected", True)) if pinfo else True,
+        "recovery_s": pinfo.get("recovery_s"),
+        "quant_backend": qinfo.get("quant_backend") if qinfo.get("changed") else None,
+        "quantized_engine": (qinfo.get("quantized_engine") or None) if qinfo.get("changed") else None,
+        "compile_s": compile_s or None,
+        "effective_recipe": json.dumps(info.get("effective", {}), sort_keys=True),
+        "stages_json": json.dumps([{"stage": s.stage, "technique": s.technique, "changed": s.changed,
+                                    "note": s.note} for s in info.get("stages", [])]),
+    }
 
 
 def _recipe_or_none(spec: TrialSpec) -> Recipe | None:
@@ -208,11 +228,15 @@ def latency_lock(device: torch.device) -> Iterator[None]:
     processes are shared; on a small node that still moves latency by 10-20%. Holding this lock
     while timing means no two trials on the node measure at once, while pruning, calibration and
     evaluation keep running in parallel. Released by the OS if the worker dies.
+
+    The lock lives in this user's :func:`sweep.guard.core_lock_dir` (``/tmp/optsweep-<uid>/cores``,
+    0700; an unsafe folder fails the trial with one line), so another user's processes can
+    neither hold it to stall every trial nor replace it.
     """
-    lock_dir = os.environ.get("OPTSWEEP_CORE_LOCK_DIR", "/tmp/optsweep-cores")
-    os.makedirs(lock_dir, exist_ok=True)
+    from .guard import core_lock_dir, open_lock_file
+
     name = f"latency-{device.type}{device.index if device.index is not None else ''}.lock"
-    fd = os.open(os.path.join(lock_dir, name), os.O_CREAT | os.O_RDWR, 0o644)
+    fd = open_lock_file(os.path.join(core_lock_dir(), name))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def test_baseline_and_trial_rows(ctx: TrialContext) -> None:
     assert row["size_bytes"] < base["size_bytes"]
     assert row["compression_ratio"] == pytest.approx(base["size_bytes"] / row["size_bytes"])
     assert row["speedup"] == pytest.approx(base["latency_ms"] / row["latency_ms"])
-    assert row["quant_backend"] == "torch.ao"
+    assert row["quant_backend"] == "torch_ao" and row["quantized_engine"] in ("x86", "fbgemm", "onednn", "qnnpack")
+    assert json.loads(row["effective_recipe"])["quantization_backend"] == "torch_ao"
     assert row["latency_iqr_ms"] >= 0 and row["latency_p90_ms"] >= row["latency_ms"]
     assert row["threads"] == 1 and row["hardware"]
     assert set(row) - {"precision_mode"} <= set(COLUMN_NAMES)

@@ -1,0 +1,80 @@
+"""Registered techniques: the one place that knows which techniques exist.
+
+Importing this package registers the built-in techniques (pruning, low-rank factorization,
+quantization on torch.ao / torchao / PT2E, precision, compile). A new technique is a module that
+subclasses :class:`Technique` and decorates it with :func:`register`; see
+:mod:`optimizers.techniques.lowrank`.
+
+>>> from optimizers.techniques import REGISTRY
+>>> REGISTRY.backends_for("static")
+['torch_ao', 'pt2e']
+>>> REGISTRY.check({"quantization_type": "weight_only", "quantization_bits": 4}, "cpu")
+'int4 weight-only quantization has no kernel on cpu; it needs CUDA'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import torch
+
+from . import lowrank, pruning, pt2e, quantize  # noqa: F401 - registration
+from . import precision as _precision  # noqa: F401 - registration
+from ._base import (
+    AUTO_BACKEND,
+    DIMENSIONS,
+    REGISTRY,
+    SELECTORS,
+    STAGES,
+    ApplyContext,
+    Dimension,
+    Registry,
+    StageInfo,
+    Technique,
+    register,
+)
+from .precision import PRECISION_MODES, same_outputs
+
+__all__ = [
+    "AUTO_BACKEND", "DIMENSIONS", "PRECISION_MODES", "REGISTRY", "SELECTORS", "STAGES", "ApplyContext",
+    "Dimension", "Registry", "StageInfo", "Technique", "isolated_state", "register", "same_outputs",
+]
+
+
+@contextlib.contextmanager
+def isolated_state(threads: int | None = None, seed: int | None = None) -> Iterator[None]:
+    """Set, then restore, the process-global torch state a trial touches.
+
+    Saved and restored: the quantized engine (torch.ao techniques set it while they build and
+    run), intra-op threads, the CPU (and CUDA) RNG states and Python's ``random``; dynamo's
+    caches are reset on exit so no compiled graph of one trial guards the next.
+
+    >>> before = torch.backends.quantized.engine
+    >>> with isolated_state(threads=1):
+    ...     torch.backends.quantized.engine = torch.backends.quantized.supported_engines[-1]
+    >>> torch.backends.quantized.engine == before
+    True
+    """
+    engine = torch.backends.quantized.engine
+    n_threads = torch.get_num_threads()
+    cpu_rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    py_rng = random.getstate()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if seed is not None:
+            torch.manual_seed(seed)
+            random.seed(seed)
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):
+            torch.backends.quantized.engine = engine
+        torch.set_num_threads(n_threads)
+        torch.random.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        random.setstate(py_rng)
+        torch._dynamo.reset()
