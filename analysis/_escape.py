@@ -36,7 +36,7 @@ __all__ = [
 # C0 controls, DEL, C1 controls, and the Unicode bidi controls that reorder what a terminal shows
 # ("Trojan Source"): each is replaced by its Python escape so it is visible and inert.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_MD_PUNCT = re.compile(r"([\\`*\[\]|~])")
+_MD_PUNCT = re.compile(r"([\\`*\[\]|~$])")  # $: GitHub renders $...$ as math
 # An underscore opens or closes emphasis only at a word boundary (GFM), so ``latency_ms`` stays.
 _MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
@@ -72,15 +72,15 @@ def markdown(value: object) -> str:
     """``str(value)`` safe inside a Markdown table cell or list item.
 
     Control characters become visible escapes (so a newline cannot end the row), Markdown
-    punctuation that builds links, code, emphasis or table cells is backslash-escaped, and
+    punctuation that builds links, code, emphasis, math or table cells is backslash-escaped, and
     ``< > &`` become HTML entities so raw HTML never reaches the rendered page.
 
     >>> markdown("<script>alert(1)</script>")
     '&lt;script&gt;alert(1)&lt;/script&gt;'
     >>> markdown("[x](http://evil) | `y` *z* _w_ latency_ms")
     '\\\\[x\\\\](http://evil) \\\\| \\\\`y\\\\` \\\\*z\\\\* \\\\_w\\\\_ latency_ms'
-    >>> markdown("a\\nb")
-    'a\\\\\\\\nb'
+    >>> markdown("$x$ a\\nb")
+    '\\\\$x\\\\$ a\\\\\\\\nb'
     """
     s = _MD_PUNCT.sub(r"\\\1", terminal(value))
     s = _MD_UNDERSCORE.sub(r"\\_", s)

@@ -144,6 +144,7 @@ def test_markdown_report_escapes_data(report: Path) -> None:
     assert SCRIPT not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
     assert MD_LINK not in md and "\\[free\\](http://evil.example)" in md
     assert "<a href" not in md and "\n| injected" not in md
+    assert MATH not in md and r"\$\\frac{\$" in md  # GitHub renders $...$ as math
     for line in md.splitlines():
         if line.startswith("| state |"):
             columns = len(re.findall(r"(?<!\\)\|", line))

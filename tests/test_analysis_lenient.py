@@ -221,3 +221,16 @@ def test_cli_warns_on_stderr_and_keeps_going(app: typer.Typer, damaged_run: tupl
     rep = invoke(app, "report", out, "--out", html)
     assert rep.exit_code == 0 and "warning: skipped" in rep.stderr
     assert victim.name in html.read_text() and victim.name in html.with_suffix(".md").read_text()
+
+
+def test_pareto_cmd_called_directly_prints_warning_lines(
+    damaged_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sweep's end-of-run table calls ``pareto_cmd`` without the CLI wrapper."""
+    from analysis.cli import pareto_cmd
+
+    out, victim = damaged_run
+    pareto_cmd(str(out), fmt="json")  # type: ignore[arg-type]
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: skipped unreadable Parquet file ")
+    assert victim.name in captured.err and json.loads(captured.out)
