@@ -15,6 +15,10 @@ the per-round IQRs, and speedup the median of the per-round paired ratios fp32/v
 the serialized ``state_dict``; accuracy is digits test accuracy, or for MiniLM the fidelity
 (mean cosine similarity to the fp32 embeddings).
 
+PT2E static int8 is compiled by inductor (freezing) while it is built; compile time is not
+latency. ``lowrank A`` removes the fraction A of each layer's rank by truncated SVD (layers that
+would not shrink stay dense), then recovers by label-free distillation for 2 s.
+
 Unstructured (masked) pruning keeps dense shapes: its row shows no speedup and no size saving,
 by design; only its zlib-compressed size shrinks (``zlib`` column).
 """
@@ -69,6 +73,8 @@ TECHNIQUES: dict[str, Build] = {
     "dynamic int8 per-channel (torch.ao qnnpack)": _dynamic(engine="qnnpack"),
     "dynamic fp16 weights (torch.ao)": _dynamic(bits=16),
     "static int8 (torch.ao FX)": lambda m, c: StaticQuantizer(m, calibration_loader=c).optimize(),
+    "static int8 (PT2E X86Inductor, compiled)": lambda m, c: StaticQuantizer(
+        m, calibration_loader=c, config=QuantizationConfig(quantization_type="static", backend="pt2e")).optimize(),
     "weight-only int8 (torchao)": lambda m, _c: WeightOnlyQuantizer(
         m, QuantizationConfig(quantization_type="weight_only")).optimize(),
     "dynamic int8 (torchao)": _dynamic(backend="torchao"),
@@ -77,7 +83,14 @@ TECHNIQUES: dict[str, Build] = {
     "fp16 cast": _precision(torch.float16, autocast=False),
     "magnitude pruning 0.5": lambda m, _c: ModelPruner(
         m, PruningConfig(method="magnitude", amount=0.5)).prune_model(),
+    "lowrank 0.5 (SVD, 2 s distillation)": lambda m, c: _lowrank(m, c, 0.5),
+    "lowrank 0.75 (SVD, 2 s distillation)": lambda m, c: _lowrank(m, c, 0.75),
 }
+
+
+def _lowrank(m: nn.Module, calib: list[tuple[torch.Tensor, ...]], amount: float) -> nn.Module:
+    cfg = PruningConfig(method="lowrank", amount=amount, recovery_steps=10_000, recovery_seconds=2.0)
+    return ModelPruner(m, cfg, example_inputs=calib[0], calibration_data=calib).prune_model()
 
 
 @dataclass

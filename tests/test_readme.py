@@ -34,3 +34,14 @@ def test_every_config_key_is_documented() -> None:
     for prefix, model in (("search", SearchSpace), ("resources", Resources), ("measure", Measure)):
         for key in model.model_fields:
             assert f"`{prefix}.{key}`" in README, f"{prefix}.{key}"
+
+
+def test_config_table_lists_what_the_registry_allows() -> None:
+    """Registering a technique without documenting it fails here."""
+    from optimizers.techniques import REGISTRY
+
+    for dim in ("pruning_method", "quantization_type", "quantization_bits", "quantization_backend", "precision"):
+        line = next(ln for ln in README.splitlines() if ln.startswith(f"| `search.{dim}` |"))
+        allowed = line.split("|")[2]
+        for choice in REGISTRY.choices(dim):
+            assert f"`{choice}`" in allowed, (dim, choice)
