@@ -2,9 +2,13 @@
 
 - Workers are actors, so torch is imported once per process and the user's model and data are
   fetched from the object store once per worker (``ray.put`` once by the driver), not per trial.
-- Each worker claims dedicated cores on its node (``flock`` on ``/tmp/optsweep-cores/core-N``),
-  pins itself with ``sched_setaffinity`` and sets torch threads to its CPU count, so concurrent
-  trials cannot corrupt each other's latency. The claimed cores are recorded in every row.
+- Each worker claims dedicated cores on its node (``flock`` on ``core-N.lock`` in this user's
+  :func:`sweep.guard.core_lock_dir`, ``/tmp/optsweep-<uid>/cores``), pins itself with
+  ``sched_setaffinity`` and sets torch threads to its CPU count, so concurrent trials cannot
+  corrupt each other's latency. The claimed cores are recorded in every row. The folder is per
+  user: another user's sweep can neither block nor break these locks (nor coordinate with them).
+- :func:`init_ray` connects to ``--address``, else ``RAY_ADDRESS``, else starts a private local
+  Ray (``address="local"``: never a cluster found on the machine).
 - This is the only module that imports Ray.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import socket
 import sys
 from collections.abc import Mapping
@@ -23,21 +28,27 @@ import ray
 from optimizers.benchmarking import core_ranges
 
 log = logging.getLogger("optsweep")
-CORE_LOCK_DIR = os.environ.get("OPTSWEEP_CORE_LOCK_DIR", "/tmp/optsweep-cores")
 
 
-def claim_cores(n: int, lock_dir: str = CORE_LOCK_DIR) -> tuple[list[int], list[int]]:
+def claim_cores(n: int, lock_dir: str | None = None) -> tuple[list[int], list[int]]:
     """Claim ``n`` cores of this process's affinity set no other optsweep worker holds.
 
     Returns ``(cores, fds)``; the locks last as long as the fds stay open (the process lives).
-    Empty lists when not enough free cores remain.
+    Empty lists when not enough free cores remain, or (with a warning) when the lock folder is
+    unsafe: the worker then runs unpinned and its rows say ``cpu_affinity: shared``.
     """
-    os.makedirs(lock_dir, exist_ok=True)
+    from .guard import UnsafeDirError, core_lock_dir, open_lock_file
+
+    try:
+        lock_dir = lock_dir or core_lock_dir()
+    except UnsafeDirError as exc:
+        log.warning("not pinning cores: %s", exc)
+        return [], []
     avail = sorted(os.sched_getaffinity(0))
     for start in range(0, len(avail) - n + 1, n):
         cores, fds = avail[start:start + n], []
         for c in cores:
-            fd = os.open(os.path.join(lock_dir, f"core-{c}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+            fd = open_lock_file(os.path.join(lock_dir, f"core-{c}.lock"))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -174,28 +185,90 @@ def _single_host_ray() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def init_ray(address: str | None, config_dir: str) -> dict[str, float]:
-    """Connect to ``address`` or start a private local Ray (no dashboard, loopback only).
+def _worker_pythonpath(config_dir: str) -> str:
+    """The config's folder, then the caller's ``PYTHONPATH`` entries; never an empty entry (an
+    empty entry, e.g. from a trailing ``:``, puts each worker's working directory on its path)."""
+    entries = [config_dir, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return os.pathsep.join(dict.fromkeys(e for e in entries if e))
 
-    The local Ray's node IP is ``OPTSWEEP_BIND_HOST`` (default ``127.0.0.1``); anything else
-    is logged as a warning, since a Ray node accepts code from whoever can reach it. Inside a
-    Ray job (``optsweep submit``) the job's runtime env (working dir, ``py_modules``) already
-    reaches every worker, so no driver-level runtime env is added.
+
+def _private_token_auth() -> bool:
+    """Token auth for the private local Ray, where this Ray supports it (2.5x+).
+
+    ``RAY_AUTH_MODE=token``, and a fresh random token in ``RAY_AUTH_TOKEN`` unless one is
+    configured already: the token lives in this process's environment (inherited by the Ray
+    processes it starts, readable only by this user) and is never written to disk. An explicit
+    other ``RAY_AUTH_MODE`` is respected, with a warning.
+    """
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+    except ImportError:
+        return False
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        log.warning("RAY_AUTH_MODE=%s: the private local Ray runs without token auth; other users of this "
+                    "machine who reach its ports can run code as you", mode)
+        return False
+    from .cluster import token_configured
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not token_configured():
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    Config.initialize("")  # Ray caches its config at import; refresh it, as Ray's own CLI does
+    AuthenticationTokenLoader.instance().reset_cache()
+    return True
+
+
+def init_ray(address: str | None, config_dir: str) -> dict[str, float]:
+    """Connect to a Ray cluster, or start a private local Ray; returns the cluster's resources.
+
+    The address is ``address`` (the ``--address`` flag), else ``RAY_ADDRESS``; ``auto`` is
+    Ray's own (``RAY_ADDRESS`` or the ``ray start`` cluster of this machine). With neither, a
+    private local Ray starts with ``address="local"``, so no cluster found on the machine is
+    used by accident. It has no dashboard, token auth where Ray supports it, its session files in
+    this user's ``/tmp/optsweep-<uid>/ray`` (mode 0700), and its servers on ``OPTSWEEP_BIND_HOST``
+    (default ``127.0.0.1``; anything else is logged as a warning, since a Ray node accepts code
+    from whoever can reach it). An address that does not answer raises :class:`ConfigError` with
+    one line naming where it came from.
+
+    Inside a Ray job (``optsweep submit``) the job's runtime env (working dir, ``py_modules``)
+    already reaches every worker, so no driver-level runtime env is added.
     """
     if not ray.is_initialized():
-        env = {"env_vars": {"PYTHONPATH": os.pathsep.join([config_dir, os.environ.get("PYTHONPATH", "")])}}
-        if address:
+        from .cluster import ray_address, ray_address_problem
+        from .errors import ConfigError
+
+        env = {"env_vars": {"PYTHONPATH": _worker_pythonpath(config_dir)}}
+        addr, source = ray_address(address)
+        if addr is not None and addr != "local":
+            problem = ray_address_problem(addr, source)
+            if problem:
+                raise ConfigError(problem)
+            # Auth as Ray does it: an explicit address never switches token mode on by itself
+            # (a token-mode driver refuses calls from a cluster's token-less workers); a token
+            # cluster's nodes and jobs have RAY_AUTH_MODE=token in their environment.
             runtime_env = None if _in_ray_job() else env
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+            try:
+                ray.init(address=addr, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
+                from .cluster import first_line
+
+                raise ConfigError(f"cannot connect to the Ray cluster at {addr} (from {source}): "
+                                  f"{first_line(exc)}") from None
         else:
+            from .guard import core_lock_dir, private_dir
+
+            core_lock_dir()  # an unsafe lock folder is one line now, not unpinned workers later
             host = os.environ.get("OPTSWEEP_BIND_HOST", LOOPBACK)
             if host not in (LOOPBACK, "localhost", "::1"):
                 log.warning("OPTSWEEP_BIND_HOST=%s: the local Ray node is reachable from the network; "
                             "anyone who can reach it can run code as you", host)
             if host in (LOOPBACK, "localhost", "::1"):
                 _single_host_ray()
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, runtime_env=env, _node_ip_address=host)
+            _private_token_auth()
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, runtime_env=env, _node_ip_address=host,
+                     _temp_dir=private_dir("ray"))
     return dict(ray.cluster_resources())
 
 

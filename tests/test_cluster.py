@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -155,8 +156,9 @@ def test_build_submission_ships_code_and_resolves_relative_out(tmp_path: Path) -
     cfg = _sweep(tmp_path, 4)
     sub = build_submission(cfg)
     assert sub["out"] == str(tmp_path / "runs" / "tiny")  # absolute: the job's copy of the dir is temporary
-    assert sub["entrypoint"].startswith("python -m sweep.cli run sweep.yaml --address auto --out /")
+    assert sub["entrypoint"] == "python -m sweep.cli run sweep.yaml --address auto"  # out: never on the command line
     env = sub["runtime_env"]
+    assert env["env_vars"]["OPTSWEEP_OUT"] == sub["out"]
     assert env["working_dir"] == str(tmp_path)
     assert {Path(p).name for p in env["py_modules"]} == {"optimizers", "sweep", "analysis"}
     assert "/runs/tiny" in env["excludes"]  # results are never uploaded
@@ -231,6 +233,11 @@ def test_no_wait_status_logs_stop_then_resume(ray_head: Head, tmp_path: Path) ->
     status = optsweep(ray_head, "jobs", "status", job_id)
     assert status.returncode == 0, status.stderr
     assert any(f'"status": "{s}"' in status.stdout for s in ("PENDING", "RUNNING")), status.stdout
+    dup = optsweep(ray_head, "submit", str(cfg), "--no-wait")  # one driver per out: refused, job named
+    assert dup.returncode == 2, dup.stderr
+    assert re.fullmatch(re.escape(f"error: a sweep is already running on out {out}: job {job_id} is ")
+                        + "(PENDING|RUNNING)" + re.escape(f"; follow it with: optsweep jobs logs {job_id} --follow"),
+                        dup.stderr.strip()), dup.stderr
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and len(_rows(out)) < 1:
         time.sleep(0.5)
