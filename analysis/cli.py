@@ -47,13 +47,20 @@ ConstraintOpt = Annotated[
 AllHardwareOpt = Annotated[
     bool, typer.Option("--all-hardware", help="merge every hardware into one front")
 ]
+AllOpt = Annotated[
+    bool, typer.Option("--all", help="also rank models that could not be exported (exportable = false)")
+]
 ExactOpt = Annotated[
     bool, typer.Option("--exact", help="compare latency medians exactly (no noise-aware ties)")
 ]
 
-PARETO_COLUMNS = ["trial_number", "group", "is_baseline", "knee", "pruning_method", "pruning_amount",
-                  "quantization_type", "quantization_bits", "precision", "compile"]
-EXTRA_COLUMNS = ["latency_iqr_ms", "speedup", "compression_ratio", "accuracy_drop"]
+def _pareto_columns() -> list[str]:
+    from .schema import RECIPE_COLUMNS  # pyarrow: imported only by the commands that read data
+
+    return ["trial_number", "group", "is_baseline", "knee", *RECIPE_COLUMNS, "no_op"]
+
+EXTRA_COLUMNS = ["latency_iqr_ms", "speedup", "speedup_iqr", "compression_ratio", "accuracy_drop",
+                 "export_format", "verified"]
 
 
 def _user_errors(fn: F) -> F:
@@ -117,8 +124,9 @@ def pareto_cmd(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv")] = "table",
     all_hardware: AllHardwareOpt = False,
     exact: ExactOpt = False,
+    include_all: AllOpt = False,
 ) -> None:
-    """Print the Pareto-optimal trials (feasible, complete; per hardware)."""
+    """Print the Pareto-optimal trials (feasible, complete, exportable; per hardware)."""
     from .dataset import load_results
     from .pareto import pareto_front
     from .report import front_table, to_json
@@ -128,10 +136,10 @@ def pareto_cmd(
     with analysis_warnings_as_lines():  # also when called directly (the sweep's end-of-run table)
         results = load_results(path)
     pr = pareto_front(results, objective, constraint, noise_aware=not exact,
-                      all_hardware=all_hardware)
+                      all_hardware=all_hardware, include_unexportable=include_all)
     front = front_table(pr)
     objs = [o.name for o in pr.objectives]
-    cols = [c for c in dict.fromkeys(PARETO_COLUMNS + objs + EXTRA_COLUMNS) if c in front.columns]
+    cols = [c for c in dict.fromkeys(_pareto_columns() + objs + EXTRA_COLUMNS) if c in front.columns]
     front = front[cols]
     _notes(pr)
     if fmt == "json":
@@ -156,14 +164,21 @@ def _compact(front: Any) -> Any:
     def quant(r: Any) -> str:
         if r["quantization_type"] in (None, "none") or pd.isna(r["quantization_bits"]):
             return "none"
-        return f"{r['quantization_type']} int{int(r['quantization_bits'])}"
+        bits = int(r["quantization_bits"])
+        label = f"{r['quantization_type']} {'fp16' if bits == 16 else f'int{bits}'}"
+        backend = r.get("quantization_backend")
+        return f"{label} ({backend})" if isinstance(backend, str) and backend not in ("", "auto") else label
 
     if {"pruning_method", "pruning_amount"} <= set(f.columns):
         f.insert(f.columns.get_loc("pruning_method"), "pruning", f.apply(pruning, axis=1))
         f = f.drop(columns=["pruning_method", "pruning_amount"])
     if {"quantization_type", "quantization_bits"} <= set(f.columns):
         f.insert(f.columns.get_loc("quantization_type"), "quantization", f.apply(quant, axis=1))
-        f = f.drop(columns=["quantization_type", "quantization_bits"])
+        f = f.drop(columns=[c for c in ("quantization_type", "quantization_bits", "quantization_backend")
+                            if c in f.columns])
+    empty = [c for c in ("no_op", *EXTRA_COLUMNS) if c in f.columns
+             and (f[c].isna().all() or not f[c].astype(str).str.strip().str.len().any())]
+    f = f.drop(columns=empty)  # columns this data does not have would only narrow the others
     marks = []
     for r in f.itertuples(index=False):
         m = ("baseline " if getattr(r, "is_baseline", False) else "") + ("knee" if getattr(r, "knee", False) else "")
@@ -207,12 +222,14 @@ def report_cmd(
     constraint: ConstraintOpt = None,
     all_hardware: AllHardwareOpt = False,
     exact: ExactOpt = False,
+    include_all: AllOpt = False,
 ) -> None:
     """Write a self-contained HTML report (works offline) and a Markdown summary."""
     from .report import write_report
 
     paths = write_report(path, out, objectives=objective, constraints=constraint,
-                         noise_aware=not exact, all_hardware=all_hardware)
+                         noise_aware=not exact, all_hardware=all_hardware,
+                         include_unexportable=include_all)
     typer.echo(terminal(f"wrote {paths.html} ({paths.html.stat().st_size / 1e6:.1f} MB) and "
                         f"{paths.markdown}"))
 
@@ -229,7 +246,7 @@ def compare_cmd(
 
     html_path, fronts = write_compare(paths, out, objectives=objective, constraints=constraint,
                                       noise_aware=not exact)
-    cols = [c for c in ["label", "trial_number", *PARETO_COLUMNS[4:],
+    cols = [c for c in ["label", "trial_number", *_pareto_columns()[4:],
                         "latency_ms", "size_bytes", "accuracy", *EXTRA_COLUMNS] if c in fronts]
 
     class _P:  # what _print_table needs from a ParetoResult
@@ -241,17 +258,39 @@ def compare_cmd(
     typer.echo(terminal(f"wrote {html_path}"))
 
 
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="your sweep YAML: the code export may import (model, data)")
+]
+TrustOpt = Annotated[
+    bool, typer.Option("--trust", help="import the code OUT/sweep.json names (only for folders you trust)")
+]
+
+
 def export_cmd(
     path: Annotated[Path, typer.Argument(help="sweep OUT dir (with sweep.json and results/)")],
-    trial: Annotated[int, typer.Option("--trial", help="trial_number to export (-1: baseline)")],
-    out: Annotated[Path, typer.Option("--out", help="artifact path; PATH.json is the sidecar")],
+    trial: Annotated[int | None, typer.Option("--trial", help="trial_number to export (-1: baseline)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="artifact path; PATH.json is the sidecar")] = None,
+    front: Annotated[Path | None, typer.Option("--front", help="write every front model into this folder")]
+    = None,
     measure: Annotated[bool, typer.Option(help="re-measure latency/accuracy of the artifact")]
     = True,
+    config: ConfigOpt = None,
+    trust: TrustOpt = False,
 ) -> None:
     """Re-apply a trial's recipe to the sweep's model and write a deployable artifact."""
     from .export import export_trial
 
-    res = export_trial(path, trial, out, measure=measure)
+    if front is not None:
+        from .verify import export_front
+
+        if trial is not None or out is not None:
+            raise AnalysisError("--front writes every front model; it takes no --trial/--out")
+        for res in export_front(path, front, config=config, trust=trust, measure=False):
+            typer.echo(terminal(f"wrote {res.path} ({res.format})"))
+        return
+    if trial is None or out is None:
+        raise AnalysisError("export needs --trial N and --out PATH, or --front DIR")
+    res = export_trial(path, trial, out, measure=measure, config=config, trust=trust)
     typer.echo(terminal(f"wrote {res.path} ({res.format}) and {res.sidecar}"))
     typer.echo(f"{'':14}{'recorded':>12}{'artifact':>12}")
     for key in ("latency_ms", "accuracy"):
@@ -263,9 +302,48 @@ def _num(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
+def verify_cmd(
+    path: Annotated[Path, typer.Argument(help="sweep OUT dir (with sweep.json and results/)")],
+    trial: Annotated[list[int] | None, typer.Option("--trial", help="trial to verify; repeat (default: the front)")]
+    = None,
+    tolerance: Annotated[float, typer.Option(help="relative speedup difference that is flagged")] = 0.10,
+    config: ConfigOpt = None,
+    trust: TrustOpt = False,
+    rounds: Annotated[int, typer.Option(help="interleaved timing rounds")] = 5,
+    min_run_time: Annotated[float, typer.Option(help="seconds of timing per model")] = 1.0,
+) -> None:
+    """Export front models, re-time each in a fresh process against the untouched model, compare.
+
+    Exit 0 when every re-measured speedup is within --tolerance of the recorded one, 1 otherwise.
+    """
+    from .verify import verify
+
+    if rounds < 1 or min_run_time <= 0:
+        raise AnalysisError("--rounds must be >= 1 and --min-run-time > 0")
+    records = verify(path, trial, tolerance=tolerance, config=config, trust=trust, rounds=rounds,
+                     min_run_time_s=min_run_time)
+    typer.echo(f"{'trial':>6}  {'format':<14}{'recorded':>10}{'fresh':>10}{'diff':>9}  verdict")
+    bad = 0
+    for r in records:
+        if r.get("error"):
+            bad += 1
+            typer.echo(terminal(f"{r['trial_number']:>6}  {'-':<14}{'':>10}{'':>10}{'':>9}  FAILED: {r['error']}"))
+            continue
+        ok = r.get("within_tolerance", False)
+        bad += not ok
+        rec, got = r.get("recorded_speedup"), r.get("remeasured_speedup")
+        typer.echo(f"{r['trial_number']:>6}  {r.get('format', ''):<14}{_num(rec):>9}x{_num(got):>9}x"
+                   f"{r.get('difference', float('nan')) * 100:>8.1f}%  {'ok' if ok else 'MISMATCH'}")
+    typer.echo(terminal(f"wrote {Path(path) / 'verify.json'}; {len(records) - bad}/{len(records)} within "
+                        f"{tolerance:.0%}"))
+    if bad:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``pareto``, ``report``, ``compare`` and ``export`` to ``app``."""
     app.command("pareto")(_user_errors(pareto_cmd))
     app.command("report")(_user_errors(report_cmd))
     app.command("compare")(_user_errors(compare_cmd))
     app.command("export")(_user_errors(export_cmd))
+    app.command("verify")(_user_errors(verify_cmd))

@@ -1,17 +1,14 @@
 """Export one trial as a deployable artifact that loads without the user's code.
 
-``export_trial(OUT, trial, PATH)`` rebuilds the sweep's model from ``OUT/sweep.json``, re-applies
+``export_trial(OUT, trial, PATH, config=...)`` rebuilds the sweep's model, re-applies
 the trial's recipe with :func:`optimizers.recipe.apply_recipe` (the same function the sweep
 measured), and serialises the result as a *program*, not a ``state_dict``: a ``state_dict`` needs
 the user's class to load, a program does not.
 
-Formats, tried in order; the first whose reloaded outputs match the optimized model wins:
-
-1. ``torch.export`` (``.pt2`` archive, loaded with ``torch.export.load(...).module()``): the
-   maintained path, keeps structured-pruning shapes since they are plain smaller tensors.
-2. TorchScript via ``torch.jit.trace`` (loaded with ``torch.jit.load``): torch.ao eager
-   quantized modules (dynamic/static int8) hold packed params that ``torch.export`` cannot
-   always serialise, while tracing records the quantized ops and their packed weights.
+The formats (and the order each technique prefers) live in :mod:`optimizers.artifact`, which
+every trial also uses to build and time its shipped form: what ``export`` writes is what the
+sweep measured. The code a results folder names (``sweep.json``) is imported only when the user
+passes their own config (``config=``, ``--config``) or ``trust=True`` (``--trust``).
 
 The sidecar ``PATH.json`` records the format, the recipe, the recorded metrics, what the artifact
 re-measured, the output difference and the torch version. :func:`load_artifact` reads it.
@@ -31,9 +28,10 @@ from .errors import AnalysisError
 
 __all__ = ["ExportResult", "export_trial", "load_artifact", "FORMATS"]
 
-FORMATS = ("torch.export", "torchscript", "torch.export-static")
-"""Tried in this order. ``torch.export`` has a dynamic batch dimension; ``torch.export-static`` is
-the same archive specialised to the example inputs' shapes (last resort: fixed batch size)."""
+FORMATS = ("torch.export", "torchscript", "torch.export-static", "pt2e")
+"""Artifact formats (see :mod:`optimizers.artifact`): ``torch.export`` has a dynamic batch
+dimension; ``torch.export-static`` is specialised to the example inputs' shapes; ``pt2e`` is a
+PT2E int8 graph that compiles on load."""
 MANIFEST = "sweep.json"
 
 
@@ -65,113 +63,30 @@ def _as_tuple(x: Any) -> tuple[Any, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _flat_tensors(x: Any) -> list[Any]:
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _flat_tensors(v)]
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in _flat_tensors(v)]
-    if hasattr(x, "to_tuple"):  # HF ModelOutput
-        return _flat_tensors(x.to_tuple())
-    return []
-
-
-def _max_abs_diff(a: Any, b: Any) -> float:
-    ta, tb = _flat_tensors(a), _flat_tensors(b)
-    if len(ta) != len(tb) or not ta:
-        return math.inf
-    worst = 0.0
-    for x, y in zip(ta, tb, strict=True):
-        if x.shape != y.shape:
-            return math.inf
-        x = x.dequantize() if x.is_quantized else x
-        y = y.dequantize() if y.is_quantized else y
-        worst = max(worst, float((x.float() - y.float()).abs().max()) if x.numel() else 0.0)
-    return worst
-
-
-def _tolerance(ref: Any) -> float:
-    ts = _flat_tensors(ref)
-    scale = max((float(t.float().abs().max()) for t in ts if t.numel()), default=1.0)
-    # Low-precision models round differently between eager and a re-traced graph.
-    low = any(t.dtype in (_dtype("float16"), _dtype("bfloat16")) for t in ts)
-    return (1e-2 if low else 1e-4) * max(scale, 1.0)
-
-
-def _dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, name)
-
-
 def _save(model: Any, inputs: tuple[Any, ...], path: Path, fmt: str) -> None:
-    import torch
+    from optimizers import artifact
 
-    if fmt == "torch.export":
-        # Batch size is rarely fixed in deployment (and evaluate() often uses another one).
-        dims = tuple({0: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() else None
-                     for x in inputs)
-        try:
-            ep = torch.export.export(model, inputs, dynamic_shapes=dims)
-        except torch._dynamo.exc.UserError:
-            # forward(self, *args) (wrappers such as MixedPrecisionWrapper) wants the specs nested.
-            ep = torch.export.export(model, inputs, dynamic_shapes=(dims,))
-        torch.export.save(ep, str(path))
-    elif fmt == "torch.export-static":
-        ep = torch.export.export(model, inputs)
-        torch.export.save(ep, str(path))
-    elif fmt == "torchscript":
-        with torch.inference_mode(False), torch.no_grad():
-            traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
-        torch.jit.save(traced, str(path))
-    else:  # pragma: no cover - FORMATS is closed
-        raise AnalysisError(f"unknown artifact format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    artifact.save(model, inputs, path, fmt)
 
 
 def _load(path: Path, fmt: str) -> Any:
-    import torch
+    from optimizers import artifact
 
-    if fmt in ("torch.export", "torch.export-static"):
-        return _exported_module(torch.export.load(str(path)).module())
-    if fmt == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    raise AnalysisError(f"unknown artifact format {fmt!r}; expected one of {', '.join(FORMATS)}")
-
-
-def _exported_module(graph_module: Any) -> Any:
-    """Wrap a ``torch.export`` module so that ``.eval()`` works (it raises NotImplementedError).
-
-    User code such as ``evaluate(model)`` commonly calls ``model.eval()``; an exported graph is
-    already frozen in the mode it was exported in, so train/eval are no-ops here.
-    """
-    from torch import nn
-
-    class ExportedModule(nn.Module):
-        def __init__(self, module: Any) -> None:
-            super().__init__()
-            self.module = module
-
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
-            return self.module(*args, **kwargs)
-
-        def train(self, mode: bool = True) -> ExportedModule:
-            self.training = mode
-            return self
-
-    return ExportedModule(graph_module)
+    if fmt not in artifact.ALL_FORMATS:
+        raise AnalysisError(f"unknown artifact format {fmt!r}; expected one of {', '.join(artifact.ALL_FORMATS)}")
+    return artifact.load(path, fmt)
 
 
 def load_artifact(path: str | Path) -> Any:
     """Load an exported artifact as a callable module; needs only torch (and this package).
 
-    The format comes from the sidecar ``PATH.json``; without one both formats are tried.
+    The format comes from the sidecar ``PATH.json``; without one every format is tried.
 
     >>> model = load_artifact("digits-trial-12.pt2")      # doctest: +SKIP
     >>> logits = model(torch.randn(4, 1, 8, 8))            # doctest: +SKIP
     """
+    from optimizers.artifact import ALL_FORMATS
+
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"artifact {str(path)!r} does not exist")
@@ -180,12 +95,46 @@ def load_artifact(path: str | Path) -> Any:
         fmt = json.loads(sidecar.read_text()).get("format")
         return _load(path, str(fmt))
     errors = []
-    for fmt in FORMATS:
+    for fmt in ALL_FORMATS:
         try:
             return _load(path, fmt)
         except Exception as e:  # noqa: BLE001 - try the next format, report all if none loads
             errors.append(f"{fmt}: {type(e).__name__}")
     raise AnalysisError(f"cannot load {str(path)!r} as any of {', '.join(errors)}")
+
+
+CODE_KEYS = ("model", "example_inputs", "evaluate", "calibration", "train_step")
+
+
+def code_refs(root: Path, manifest: dict[str, Any], config: str | Path | None, trust: bool
+              ) -> tuple[dict[str, str | None], str]:
+    """The ``module:attr`` references export may import, and the folder they resolve from.
+
+    A results folder is data: the code it names is imported only when the user points at their
+    own sweep config (``config``: its references must match the sweep's) or says ``trust``.
+    """
+    if config is not None:
+        import yaml
+
+        cpath = Path(config)
+        try:
+            data = yaml.safe_load(cpath.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise AnalysisError(f"--config {str(cpath)!r} is not a readable YAML sweep config: "
+                                f"{type(e).__name__}") from None
+        if not isinstance(data, dict):
+            raise AnalysisError(f"--config {str(cpath)!r} is not a mapping of keys")
+        refs = {k: data.get(k) for k in CODE_KEYS}
+        for k in ("model", "example_inputs"):
+            if manifest.get(k) and refs.get(k) != manifest.get(k):
+                raise AnalysisError(f"--config {str(cpath)!r}: {k} {refs.get(k)!r} differs from the sweep's "
+                                    f"{manifest.get(k)!r} in {root / MANIFEST}")
+        return refs, str(cpath.resolve().parent)
+    if not trust:
+        raise AnalysisError(
+            f"export would import the code {root / MANIFEST} names (model {manifest.get('model')!r} from "
+            f"{manifest.get('config_dir')!r}); pass --config YOUR_SWEEP.yaml, or --trust if you trust this folder")
+    return {k: manifest.get(k) for k in CODE_KEYS}, str(manifest.get("config_dir") or root)
 
 
 def _row(out: Path, trial: int) -> dict[str, Any]:
@@ -217,31 +166,39 @@ def export_trial(
     trial: int,
     path: str | Path,
     *,
-    formats: tuple[str, ...] = FORMATS,
+    formats: tuple[str, ...] | None = None,
     measure: bool = True,
+    config: str | Path | None = None,
+    trust: bool = False,
 ) -> ExportResult:
     """Rebuild trial ``trial`` of the sweep in ``out`` and write it to ``path`` (+ ``path.json``).
 
-    Raises :class:`AnalysisError` for a missing manifest, an unknown or failed trial, or when no
-    format reproduces the optimized model's outputs.
+    The model is built with :func:`optimizers.recipe.apply_recipe` (no-op stages dropped, as in
+    the trial) and saved by :func:`optimizers.artifact.roundtrip`, the path every trial timed.
+    The user's code is imported only with ``config`` (their sweep YAML) or ``trust``.
+
+    Raises :class:`AnalysisError` for a missing manifest, an unknown or failed trial, untrusted
+    code, or when no format reproduces the optimized model's outputs.
     """
     import torch
 
     from optimizers._utils import load_callable
+    from optimizers.artifact import LOAD_SNIPPETS, ArtifactError, formats_for, roundtrip
     from optimizers.recipe import Recipe, apply_recipe
+    from optimizers.techniques import REGISTRY
 
     out = Path(out)
     if out.name == "results" and not (out / MANIFEST).exists():
         out = out.parent
     root, manifest = _manifest(out)
     row = _row(root, trial)
-    base_dir = manifest.get("config_dir") or str(root)
+    refs, base_dir = code_refs(root, manifest, config, trust)
 
     def resolve(key: str) -> Any:
-        spec = manifest.get(key)
-        return None if not spec else load_callable(spec, base_dir=base_dir)
+        spec = refs.get(key)
+        return None if not spec else load_callable(str(spec), base_dir=base_dir)
 
-    if not manifest.get("model") or not manifest.get("example_inputs"):
+    if not refs.get("model") or not refs.get("example_inputs"):
         raise AnalysisError(f"{root / MANIFEST} lacks 'model' or 'example_inputs'")
     model = resolve("model")()
     inputs = _as_tuple(resolve("example_inputs")())
@@ -250,8 +207,10 @@ def export_trial(
     train_step = resolve("train_step")
     device = manifest.get("device") or "cpu"
     recipe = Recipe.from_row(row)
+    backend = row.get("quant_backend")
+    if recipe.quantization_type != "none" and recipe.quantization_backend == "auto" and isinstance(backend, str):
+        recipe = Recipe(**{**recipe.to_dict(), "quantization_backend": backend})  # what the trial ran
 
-    torch.manual_seed(0)
     kwargs: dict[str, Any] = {
         "example_inputs": inputs,
         "calibration": list(calibration_fn()) if calibration_fn else None,
@@ -262,58 +221,41 @@ def export_trial(
     }
     if train_step is not None:
         kwargs["train_step"] = train_step
-    optimized, _info = apply_recipe(model, recipe, **kwargs)
-    # torch.compile only changes how it runs, not what it computes: export the eager module.
-    optimized = getattr(optimized, "_orig_mod", optimized).eval()
-    dev_inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
-    with torch.no_grad():
-        reference = optimized(*dev_inputs)
-    tol = _tolerance(reference)
+    from optimizers.techniques import isolated_state
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    attempts: list[dict[str, str]] = []
-    chosen: tuple[str, Any, float] | None = None
-    for fmt in formats:
+    threads = int(row["threads"]) if _num(row.get("threads")) else None
+    with isolated_state(threads=threads, seed=0):  # the trial's seed and threads
+        optimized, info = apply_recipe(model, recipe, **kwargs)
+        optimized = getattr(optimized, "_orig_mod", optimized).eval()
+        dev_inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+        path = Path(path)
         try:
-            _save(optimized, dev_inputs, path, fmt)
-            loaded = _load(path, fmt)
-            with torch.no_grad():
-                diff = _max_abs_diff(reference, loaded(*dev_inputs))
-        except Exception as e:  # noqa: BLE001 - a format that cannot express the model: try the next
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            attempts.append({"format": fmt, "error": f"{type(e).__name__}: {msg}"})
-            continue
-        if diff <= tol:
-            chosen = (fmt, loaded, diff)
-            attempts.append({"format": fmt, "error": ""})
-            break
-        attempts.append({"format": fmt, "error": f"outputs differ by {diff:.3g} (tolerance {tol:.3g})"})
-    if chosen is None:
-        path.unlink(missing_ok=True)
-        raise AnalysisError(
-            f"no format could export trial {trial}: "
-            + "; ".join(f"{a['format']}: {a['error']}" for a in attempts))
-    fmt, loaded, diff = chosen
-
-    recorded = {k: _num(row.get(k)) for k in ("latency_ms", "latency_iqr_ms", "accuracy", "size_bytes")}
-    measured: dict[str, Any] = {"latency_ms": None, "latency_iqr_ms": None, "accuracy": None}
-    if measure:
-        measured.update(_measure(loaded, dev_inputs, evaluate, row))
+            art = roundtrip(optimized, dev_inputs, path, formats or formats_for(info.get("export_formats", [])))
+        except ArtifactError as e:
+            raise AnalysisError(f"no format could export trial {trial}: {str(e).removeprefix('no format could export it: ')}") from None
+        fmt, loaded, diff, attempts = art.format, art.module, art.max_abs_diff, art.attempts
+        recorded = {k: _num(row.get(k)) for k in ("latency_ms", "latency_iqr_ms", "accuracy", "size_bytes", "speedup")}
+        measured: dict[str, Any] = {"latency_ms": None, "latency_iqr_ms": None, "accuracy": None}
+        if measure:
+            measured.update(_measure(loaded, dev_inputs, evaluate, row))
+    needs = sorted({t.load_requires for t in REGISTRY.plan(recipe.to_dict(), device)[0] if t.load_requires})
     sidecar = Path(f"{path}.json")
     sidecar.write_text(json.dumps({
         "format": fmt,
-        "load": ("torch.jit.load(path)" if fmt == "torchscript"
-                 else "torch.export.load(path).module()"),
+        "load": LOAD_SNIPPETS.get(fmt, ""),
+        "load_requires": needs or ["torch"],
         "dynamic_batch": fmt != "torch.export-static",
         "trial_number": int(trial),
         "study_name": row.get("study_name"),
         "recipe": recipe.to_dict(),
+        "effective_recipe": info.get("effective"),
         "recorded": recorded,
         "measured": measured,
         "max_abs_diff": diff,
         "device": device,
         "hardware": row.get("hardware"),
+        "threads": threads,
+        "quantized_engine": row.get("quantized_engine"),
         "torch_version": torch.__version__,
         "recorded_torch_version": row.get("torch_version"),
         "input_shapes": [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],

@@ -526,6 +526,8 @@ def eligibility(
     results: Results,
     objectives: Sequence[Objective],
     constraints: Iterable[str | Constraint] | None = None,
+    *,
+    include_unexportable: bool = False,
 ) -> tuple[np.ndarray, pd.Series, tuple[Constraint, ...]]:
     """``(eligible mask, reason per row ("" when eligible), constraints used)``."""
     frame = results.frame
@@ -543,6 +545,8 @@ def eligibility(
         mark(np.isnan(frame[o.name].to_numpy(dtype=float)), f"nan:{o.name}")
     if "duplicate_of" in frame.columns:  # a reused result is the same point, not a second one
         mark(frame["duplicate_of"].notna().to_numpy(), "duplicate")
+    if "exportable" in frame.columns and not include_unexportable:  # the front is what can ship
+        mark((frame["exportable"] == False).to_numpy(dtype=bool), "not exportable")  # noqa: E712
     if use_stored and "feasible" in frame.columns:
         mark((frame["feasible"] == False).to_numpy(dtype=bool), "infeasible")  # noqa: E712
     for c in cons:
@@ -564,6 +568,7 @@ def pareto_front(
     noise_aware: bool = True,
     all_hardware: bool = False,
     ranks: bool = False,
+    include_unexportable: bool = False,
 ) -> ParetoResult:
     """Rank every eligible row and mark the front, per hardware group.
 
@@ -577,7 +582,7 @@ def pareto_front(
     >>> pr.front[["trial_number", "latency_ms", "accuracy"]]              # doctest: +SKIP
     """
     objs = parse_objectives(results, objectives)
-    eligible, reason, cons = eligibility(results, objs, constraints)
+    eligible, reason, cons = eligibility(results, objs, constraints, include_unexportable=include_unexportable)
     table = results.frame.copy()
     table["group"] = "all" if all_hardware else table["hardware"].astype(str)
     table["is_baseline"] = (table["trial_number"] == BASELINE_TRIAL).fillna(False).astype(bool)

@@ -36,7 +36,7 @@ from .pareto import (
     knee_point,
     pareto_front,
 )
-from .schema import COLUMNS
+from .schema import COLUMNS, RECIPE_COLUMNS
 
 __all__ = [
     "MAX_DOMINATED_POINTS",
@@ -50,8 +50,6 @@ __all__ = [
 
 MAX_DOMINATED_POINTS = 1000
 MAX_TABLE_ROWS = 300
-RECIPE_COLUMNS = ["pruning_method", "pruning_amount", "quantization_type", "quantization_bits",
-                  "precision", "compile"]
 ENV_COLUMNS = ["hardware", "device", "threads", "torch_version", "quantized_engine"]
 # A tiny template: the stock ones embed ~8 kB of per-trace-type defaults in every figure.
 _TEMPLATE = {"layout": {"paper_bgcolor": "white", "plot_bgcolor": "white",
@@ -59,8 +57,7 @@ _TEMPLATE = {"layout": {"paper_bgcolor": "white", "plot_bgcolor": "white",
                         "yaxis": {"gridcolor": "#eee", "zerolinecolor": "#ccc"},
                         "colorway": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                                      "#8c564b", "#e377c2", "#17becf"]}}
-PARAM_DIMENSIONS = ["pruning_method", "pruning_amount", "quantization_type", "quantization_bits",
-                    "precision"]
+PARAM_DIMENSIONS = [c for c in RECIPE_COLUMNS if c != "compile"]
 
 
 @dataclass(frozen=True)
@@ -77,13 +74,101 @@ class ReportPaths:
 # --------------------------------------------------------------------------------------------
 
 
+VERIFY_FILE = "verify.json"
+
+
+def _verify_records(source: Any) -> dict[int, dict[str, Any]]:
+    """``optsweep verify``'s results beside the results folder, by trial number."""
+    if isinstance(source, Results):
+        return {}
+    root = Path(source)
+    if root.is_file():
+        root = root.parent
+    for cand in (root, root.parent):
+        p = cand / VERIFY_FILE
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text())
+            except (OSError, ValueError):
+                return {}
+            return {int(r["trial_number"]): r for r in data.get("trials", []) if "trial_number" in r}
+    return {}
+
+
+def _attach_verified(pareto: ParetoResult, records: dict[int, dict[str, Any]]) -> ParetoResult:
+    """Adds a ``verified`` column to the ranked table (so the front table shows it)."""
+    if records:
+        pareto.table["verified"] = [verified_label(records.get(int(t))) for t in pareto.table["trial_number"]]
+    return pareto
+
+
+def verified_label(rec: dict[str, Any] | None) -> str:
+    """``ok 3.1x (rec 3.0x)``, ``MISMATCH 2.2x (rec 3.0x)``, ``export failed`` or ``""``."""
+    if not rec:
+        return ""
+    if rec.get("error"):
+        return "export failed"
+    got, want = rec.get("remeasured_speedup"), rec.get("recorded_speedup")
+    if got is None or want is None:
+        return "exported"
+    return f"{'ok' if rec.get('within_tolerance') else 'MISMATCH'} {got:.2f}x (rec {want:.2f}x)"
+
+
+def effective_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its recipe columns replaced by each row's effective recipe (the stages that
+    changed the model), plus ``no_op``: the requested stages that changed nothing.
+
+    A row whose ``effective_recipe`` is absent (older or foreign data) keeps its columns.
+    """
+    if "effective_recipe" not in frame.columns:
+        return frame
+    f = frame.copy()
+    no_op = []
+    for i, raw in zip(f.index, f["effective_recipe"], strict=True):
+        eff = _json_or_none(raw)
+        if not isinstance(eff, dict):
+            no_op.append("")
+            continue
+        dropped = []
+        for col in RECIPE_COLUMNS:
+            if col not in f.columns or col not in eff:
+                continue
+            requested, got = f.at[i, col], eff[col]
+            if _same(requested, got):
+                continue
+            if col in ("precision", "pruning_method", "quantization_type", "compile"):
+                dropped.append(str(requested))
+            f.at[i, col] = got
+        no_op.append(", ".join(d for d in dropped if d not in ("none", "fp32", "False")))
+    f["no_op"] = no_op
+    return f
+
+
+def _json_or_none(raw: Any) -> Any:
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if (a is None or (isinstance(a, float) and np.isnan(a))) and b is None:
+        return True
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 def front_table(pareto: ParetoResult) -> pd.DataFrame:
     """The front with its recipe, objectives and the gains vs the baseline.
 
     ``speedup``, ``compression_ratio`` and ``accuracy_drop`` are taken from the row when present,
     otherwise recomputed from the ``baseline_*`` columns. ``knee`` marks each group's knee point.
     """
-    f = pareto.front.copy()
+    f = effective_labels(pareto.front.copy())
     with np.errstate(divide="ignore", invalid="ignore"):
         if "speedup" in f:
             f["speedup"] = f["speedup"].fillna(f["baseline_latency_ms"] / f["latency_ms"])
@@ -96,9 +181,9 @@ def front_table(pareto: ParetoResult) -> pd.DataFrame:
     knee_ids = {(g, int(k["trial_number"])) for g, k in knees.items() if k is not None}
     f["knee"] = [(g, int(t)) in knee_ids for g, t in zip(f["group"], f["trial_number"], strict=True)]
     objs = [o.name for o in pareto.objectives]
-    cols = ["group", "trial_number", "is_baseline", "knee", *RECIPE_COLUMNS, *objs]
-    cols += [c for c in ("latency_iqr_ms", "speedup", "compression_ratio", "accuracy_drop")
-             if c not in cols]
+    cols = ["group", "trial_number", "is_baseline", "knee", *RECIPE_COLUMNS, "no_op", *objs]
+    cols += [c for c in ("latency_iqr_ms", "speedup", "speedup_iqr", "compression_ratio", "accuracy_drop",
+                         "export_format", "verified") if c not in cols]
     return f[[c for c in dict.fromkeys(cols) if c in f.columns]].reset_index(drop=True)
 
 
@@ -313,6 +398,7 @@ def write_report(
     noise_aware: bool = True,
     all_hardware: bool = False,
     markdown: bool = True,
+    include_unexportable: bool = False,
 ) -> ReportPaths:
     """Write ``out`` (HTML) and, with ``markdown``, ``out`` with suffix ``.md`` plus PNGs.
 
@@ -320,7 +406,8 @@ def write_report(
     """
     results = source if isinstance(source, Results) else load_results(source)
     pareto = pareto_front(results, objectives, constraints, noise_aware=noise_aware,
-                          all_hardware=all_hardware)
+                          all_hardware=all_hardware, include_unexportable=include_unexportable)
+    pareto = _attach_verified(pareto, _verify_records(source))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     history = hypervolume_history(pareto)

@@ -55,7 +55,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
      "JSON recipe of the stages that changed the model (a no-op stage is left out); the row's label"),
     ("stages_json", pa.string(), "JSON list, one entry per stage: technique, changed, note"),
     ("params_json", pa.string(), "all sampled parameters as JSON"),
-    ("latency_ms", pa.float64(), "median latency of one forward pass on example_inputs"),
+    ("latency_ms", pa.float64(), "median latency of one forward pass of the shipped artifact on example_inputs"),
     ("latency_iqr_ms", pa.float64(), "interquartile range of the latency samples"),
     ("latency_p90_ms", pa.float64(), "90th percentile latency"),
     ("latency_noisy", pa.bool_(), "IQR/median > 10%: treat latency comparisons with care"),
@@ -70,7 +70,14 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("baseline_latency_ms", pa.float64(), "the untouched model's latency, same sweep"),
     ("baseline_size_bytes", pa.int64(), "the untouched model's size"),
     ("baseline_accuracy", pa.float64(), "the untouched model's accuracy"),
-    ("speedup", pa.float64(), "baseline_latency_ms / latency_ms"),
+    ("speedup", pa.float64(), "paired ratio: median over interleaved rounds of untouched-model latency / "
+     "latency, timed side by side in the trial's own worker on its shipped artifact"),
+    ("speedup_iqr", pa.float64(), "interquartile range of the per-round speedup ratios (the ratio's noise)"),
+    ("paired_baseline_latency_ms", pa.float64(), "the untouched model's latency timed beside this trial"),
+    ("exportable", pa.bool_(), "the model was exported, reloaded with torch alone and matched the eager outputs"),
+    ("export_format", pa.string(), "artifact format that was timed: torch.export, torchscript, torch.export-static, pt2e"),
+    ("export_error", pa.string(), "why no format could export it (exportable = false)"),
+    ("export_max_abs_diff", pa.float64(), "max |artifact - eager| on example_inputs"),
     ("compression_ratio", pa.float64(), "baseline_size_bytes / size_bytes"),
     ("accuracy_drop", pa.float64(), "baseline_accuracy - accuracy"),
     ("feasible", pa.bool_(), "all constraints hold"),
@@ -94,6 +101,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 ]
 
 SCHEMA = pa.schema([pa.field(n, t) for n, t, _ in COLUMNS])
+
+# The recipe: one column per search dimension of the technique registry (``optimizers.techniques.
+# DIMENSIONS``; a test keeps the two equal). ``effective_recipe`` holds the same fields as JSON for
+# the stages that really changed the model; analysis labels rows by it.
+RECIPE_COLUMNS = ["pruning_method", "pruning_amount", "quantization_type", "quantization_bits",
+                  "quantization_backend", "precision", "compile"]
 COLUMN_NAMES = [n for n, _, _ in COLUMNS]
 
 # What every reader needs. The objectives' columns are required too, but which those are is known

@@ -131,7 +131,7 @@ def _build_all(case: Case) -> tuple[dict[str, nn.Module], dict[str, str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 built[tech] = build(case.model, case.calibration)
-        except OptsweepError as exc:  # e.g. static int8 on a model FX cannot trace
+        except OptsweepError as exc:  # e.g. static int8 on a model FX cannot trace, a graph inductor can't lower
             skipped[tech] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
     torch.backends.quantized.engine = "x86"  # qnnpack/onednn rows switch the global engine
     return built, skipped

@@ -124,6 +124,86 @@ def measure_latency(
     )
 
 
+@dataclass(frozen=True)
+class PairedStats:
+    """A candidate timed against a reference in interleaved rounds, in one process.
+
+    ``speedup`` is the median over rounds of reference/candidate medians, so drift in machine
+    load that hits both alike cancels; ``speedup_iqr`` is the spread of those per-round ratios.
+    """
+
+    candidate: LatencyStats
+    reference: LatencyStats
+    speedup: float
+    speedup_iqr: float
+    speedup_min: float
+    speedup_max: float
+    rounds: int
+
+
+def _block_times_ms(model: nn.Module, inputs: tuple[Any, ...], threads: int, min_run_time: float) -> np.ndarray:
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="model(*inputs)", globals={"model": model, "inputs": inputs}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return np.asarray(m.times) * 1e3
+
+
+def measure_paired(
+    candidate: nn.Module,
+    reference: nn.Module,
+    inputs: Sequence[Any],
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    min_run_time: float = 0.5,
+    rounds: int = 5,
+    device: torch.device | None = None,
+) -> PairedStats:
+    """Time ``candidate`` and ``reference`` alternately (ABBA order) for ``rounds`` rounds.
+
+    Each model gets ``min_run_time`` seconds of timing in total, split across rounds; warm-up
+    (and any compile it triggers) is never timed.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(8, 8)
+    >>> p = measure_paired(lin, lin, (torch.randn(2, 8),), min_run_time=0.04, rounds=2)
+    >>> p.rounds, p.speedup > 0
+    (2, True)
+    """
+    threads = threads or torch.get_num_threads()
+    rounds = max(1, int(rounds))
+    device = device or model_device(reference)
+    inputs = tuple(inputs)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    cand_t: list[np.ndarray] = []
+    ref_t: list[np.ndarray] = []
+    ratios: list[float] = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                reference(*inputs)
+                candidate(*inputs)
+            _sync(device)
+            per = min_run_time / rounds
+            for r in range(rounds):
+                order = ((reference, ref_t), (candidate, cand_t)) if r % 2 == 0 else \
+                    ((candidate, cand_t), (reference, ref_t))
+                for model, sink in order:
+                    sink.append(_block_times_ms(model, inputs, threads, per))
+                ratios.append(float(np.median(ref_t[-1]) / np.median(cand_t[-1])))
+    finally:
+        torch.set_num_threads(prev)
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return PairedStats(
+        candidate=LatencyStats.from_times_ms(np.concatenate(cand_t), threads=threads),
+        reference=LatencyStats.from_times_ms(np.concatenate(ref_t), threads=threads),
+        speedup=float(np.median(ratios)), speedup_iqr=float(q3 - q1),
+        speedup_min=float(min(ratios)), speedup_max=float(max(ratios)), rounds=rounds,
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo`` on Linux)."""

@@ -171,9 +171,11 @@ def apply_recipe(
     stages: list[StageInfo] = []
     info: dict[str, Any] = {"recipe": params}
     for tech in plan:
-        out, stage = tech.apply(out, params, ctx)
-        ctx.upstream.append(tech)
+        new, stage = tech.apply(out, params, ctx)
         stages.append(stage)
+        if stage.changed:  # a stage that changed nothing is dropped: the model is its effective recipe
+            out = new
+            ctx.upstream.append(tech)
         legacy = {"prune": "pruning", "factorize": "pruning", "quantize": "quantization",
                   "precision": "precision", "compile": "compile"}[tech.stage]
         info[legacy] = {**stage.details, "changed": stage.changed, "note": stage.note}
@@ -181,6 +183,7 @@ def apply_recipe(
         info["compiled"] = True
     info["stages"] = stages
     info["techniques"] = [t.label for t in plan]
+    info["export_formats"] = [t.export for t in ctx.upstream]
     info["effective"] = effective_recipe(stages).to_dict()
     return out, info
 

@@ -127,6 +127,8 @@ class Measure(_Strict):
 
     warmup: int = Field(default=5, ge=0)
     min_run_time_s: float = Field(default=0.3, gt=0)
+    rounds: int = Field(default=5, ge=1)
+    artifact: bool = True
     pin_cores: bool = True
     exclusive: bool = True
 

@@ -102,6 +102,8 @@ class Driver:
         self.study: optuna.Study | None = None
         self.seen: dict[str, dict[str, Any]] = {}  # recipe key -> row (never measure twice)
         self._open_trials: dict[int, optuna.Trial] = {}  # asked here, not yet told
+        self.effective_seen: dict[str, dict[str, Any]] = {}  # effective recipe key -> first row measured
+        self.by_number: dict[int, dict[str, Any]] = {}
         self.scheduler = Scheduler()
         self.baseline: dict[str, Any] | None = None
 
@@ -150,6 +152,7 @@ class Driver:
             row = self.writer.read(n)
             if row and row["state"] in ("COMPLETE", "INFEASIBLE") and row.get("duplicate_of") is None:
                 self.seen.setdefault(_key_of(row), row)
+                self._remember(row)
         return len(have)
 
     # -- tell ----------------------------------------------------------------------------------
@@ -212,6 +215,7 @@ class Driver:
             pruning_options=dict(self.cfg.pruning), quantization_options=dict(self.cfg.quantization),
             constraints=dict(self.cfg.constraints),
             latency_shared=bool(gpus and gpus < 1), exclusive_latency=self.cfg.measure.exclusive,
+            rounds=self.cfg.measure.rounds, measure_artifact=self.cfg.measure.artifact,
         )
         pool = _Pool(executor, n_workers, (str(self.config_dir), refs, cpus, gpus, self.cfg.measure.pin_cores,
                                            self.worker_cls or executor.TrialWorker, custom), payload_ref)
@@ -221,6 +225,7 @@ class Driver:
         try:
             self.baseline = self._baseline(pool, payload_ref, base_spec)
             self.seen.setdefault(_key_of(self.baseline), self.baseline)  # the untouched model is a config too
+            self._remember(self.baseline)
             interrupted = self._loop(study, pool, payload_ref, base_spec, remaining)
         except KeyboardInterrupt:
             interrupted = True
@@ -356,7 +361,7 @@ class Driver:
             self._check_stop()
             while pool.has_free() and (sched.ready or sched.asked < remaining):
                 if sched.ready:
-                    pool.submit(payload_ref, sched.next_ready(), self.baseline)
+                    pool.submit(payload_ref, self._with_known(sched.next_ready()), self.baseline)
                 else:
                     ask_one()
             for row in sched.take_finished():  # workers are busy again: now persist + tell
@@ -371,6 +376,13 @@ class Driver:
                 continue
             self.progress.update(running=len(pool.inflight))
             for row in pool.wait(self.cfg.trial_timeout_s, self.cfg.max_retries, self.baseline):
+                if row.get("state") == "COMPLETE" and row.get("duplicate_of") is not None \
+                        and row.get("latency_ms") is None:  # the worker found a no-op twin
+                    original = self.by_number.get(int(row["duplicate_of"]))
+                    spec = _spec_of(row, base)
+                    if original is not None:
+                        row = self._duplicate(spec, original, own=row)
+                row = self._remember(row)
                 ok = row["state"] in ("COMPLETE", "INFEASIBLE")
                 key = sched.key_of(int(row["trial_number"]))
                 if ok:
@@ -401,11 +413,44 @@ class Driver:
                    duration_s=0.0)
         return row
 
-    def _duplicate(self, spec: TrialSpec, original: dict[str, Any]) -> dict[str, Any]:
+    def _duplicate(self, spec: TrialSpec, original: dict[str, Any],
+                   own: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The original's measurement under this trial's number and requested recipe. ``own``:
+        what this trial's build reported (its effective recipe and stages) when the duplicate
+        was found after building (a no-op stage)."""
+        from .trial import _base_row
+
         row = dict(original)
+        requested = {k: v for k, v in _base_row(spec, to_recipe(dict(spec.params))).items()
+                     if k in _RECIPE_COLUMNS}
+        row.update(requested)
         row.update(trial_number=spec.trial_number, duplicate_of=original["trial_number"],
-                   params_json=json.dumps(dict(spec.params), sort_keys=True), duration_s=0.0)
+                   params_json=json.dumps(dict(spec.params), sort_keys=True), duration_s=0.0,
+                   attempts=spec.attempts)
+        if own:
+            row.update({k: own[k] for k in ("effective_recipe", "stages_json", "duration_s") if k in own})
         return row
+
+    def _remember(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Track measured rows by effective recipe; a concurrent twin becomes a duplicate."""
+        if row.get("state") != "COMPLETE":
+            return row
+        self.by_number[int(row["trial_number"])] = row
+        eff = _effective_key(row)
+        if eff is None:
+            return row
+        first = self.effective_seen.get(eff)
+        if first is None:
+            self.effective_seen[eff] = row
+        elif row.get("duplicate_of") is None and int(first["trial_number"]) != int(row["trial_number"]):
+            row = {**row, "duplicate_of": int(first["trial_number"])}  # measured twice by a race: one label
+        return row
+
+    def _with_known(self, spec: TrialSpec) -> TrialSpec:
+        from dataclasses import replace
+
+        known = {k: int(r["trial_number"]) for k, r in self.effective_seen.items()}
+        return replace(spec, known_effective=known)
 
     def _states(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -430,6 +475,31 @@ def _key_of(row: dict[str, Any]) -> str:
         else:
             recipe = recipe.resolved(str(row.get("device") or "cpu"))
     return recipe.key()
+
+
+_RECIPE_COLUMNS = ("pruning_method", "pruning_amount", "quantization_type", "quantization_bits", "precision",
+                   "compile", "quantization_backend")
+
+
+def _effective_key(row: dict[str, Any]) -> str | None:
+    """Key of the recipe a row's model really is (its stages that changed something)."""
+    from optimizers.recipe import Recipe
+
+    raw = row.get("effective_recipe")
+    if int(row.get("trial_number", 0)) < 0:
+        return Recipe().key()
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        return Recipe.from_params(json.loads(raw)).key()
+    except (ValueError, TypeError):
+        return None
+
+
+def _spec_of(row: dict[str, Any], base: TrialSpec) -> TrialSpec:
+    params = json.loads(row.get("params_json") or "{}")
+    return TrialSpec(**{**base.__dict__, "trial_number": int(row["trial_number"]), "params": params,
+                        "attempts": int(row.get("attempts") or 1)})
 
 
 def _config_json(cfg: SweepConfig) -> str:
@@ -461,16 +531,32 @@ class _Pool:
         """Start ``n`` workers and wait until each holds the model: start-up is not trial time."""
         import ray
 
-        actors = [self.ex.make_worker(*self.args) for _ in range(n)]
-        try:
-            ray.get([a.prepare.remote(self._payload) for a in actors], timeout=WORKER_START_TIMEOUT_S)
-        except self.ex.GetTimeout:
-            for a in actors:
-                ray.kill(a, no_restart=True)
-            raise SweepError(f"no worker could start within {WORKER_START_TIMEOUT_S:.0f} s: no node can place "
-                             f"a worker with {self.args[2]} CPU / {self.args[3]} GPU / {self.args[6]} "
-                             "(resources.* larger than any single node?)") from None
-        self.free.extend(actors)
+        # A worker placed on a host that just died (Ray declares a node dead ~13 s after it goes)
+        # dies while starting: start another in its place until the deadline.
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        pending = [self.ex.make_worker(*self.args) for _ in range(n)]
+        while pending:
+            refs = [a.prepare.remote(self._payload) for a in pending]
+            died = 0
+            for i, (actor, ref) in enumerate(zip(pending, refs, strict=True)):
+                try:
+                    ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                    self.free.append(actor)
+                except self.ex.ActorDied:
+                    died += 1
+                except self.ex.GetTimeout:
+                    for a in pending[i:]:
+                        ray.kill(a, no_restart=True)
+                    raise SweepError(
+                        f"no worker could start within {WORKER_START_TIMEOUT_S:.0f} s: no node can place "
+                        f"a worker with {self.args[2]} CPU / {self.args[3]} GPU / {self.args[6]} "
+                        "(resources.* larger than any single node, or a node was lost?)") from None
+            if died and time.monotonic() >= deadline:
+                raise SweepError(f"workers kept dying while starting for {WORKER_START_TIMEOUT_S:.0f} s "
+                                 "(a lost node, or the model does not fit in a worker's memory)")
+            if died:
+                time.sleep(1.0)
+            pending = [self.ex.make_worker(*self.args) for _ in range(died)]
 
     def has_free(self) -> bool:
         return bool(self.free)

@@ -25,7 +25,7 @@ from torch import nn
 from analysis.schema import BASELINE_TRIAL, SCHEMA_VERSION
 from optimizers import UnsupportedArchitectureError, UnsupportedOnDeviceError
 from optimizers._utils import compressed_size_bytes, count_parameters, model_size_bytes
-from optimizers.benchmarking import environment, measure_latency
+from optimizers.benchmarking import environment, measure_paired
 from optimizers.recipe import Recipe, apply_recipe
 from optimizers.techniques import isolated_state
 
@@ -51,6 +51,9 @@ class TrialSpec:
     node_id: str | None = None
     attempts: int = 1
     exclusive_latency: bool = False
+    rounds: int = 5
+    measure_artifact: bool = True
+    known_effective: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +66,16 @@ class TrialContext:
     evaluate: Callable[[nn.Module], float] | None = None
     train_step: Callable[..., Any] | None = None
     _reference: Any = None
+    _reference_models: dict[str, nn.Module] = field(default_factory=dict)
+
+    def reference_model(self, device: torch.device) -> nn.Module:
+        """The untouched model on ``device``: the other half of every paired timing."""
+        key = str(device)
+        if key not in self._reference_models:
+            import copy
+
+            self._reference_models[key] = self.model if device.type == "cpu" else copy.deepcopy(self.model).to(device)
+        return self._reference_models[key].eval()
 
     def reference_outputs(self) -> torch.Tensor:
         """fp32 outputs of the untouched model on ``example_inputs`` (for fidelity)."""
@@ -151,7 +164,15 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
             )
             row.update(stage_columns(info))
             engine = row.get("quantized_engine")
-            row.update(measure(model, ctx, spec, device))
+            eff_key = Recipe.from_params(info["effective"]).key()
+            if spec.trial_number >= 0 and eff_key in spec.known_effective:
+                # A no-op stage made this the very model of an earlier trial: not measured again.
+                row.update(state="COMPLETE", duplicate_of=int(spec.known_effective[eff_key]))
+                return _finish_row(row, device, spec, engine, t0)
+            shipped = model
+            if spec.measure_artifact and spec.trial_number >= 0:
+                shipped = _ship(model, info, ctx, spec, device, row)
+            row.update(measure(shipped, ctx, spec, device, accuracy_model=model))
         row["state"] = "COMPLETE"
     except (UnsupportedOnDeviceError, UnsupportedArchitectureError) as exc:
         # No kernel on this device, or the model can't take this technique: the combination is
@@ -164,9 +185,7 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    row.update(environment(device, spec.threads))
-    row["quantized_engine"] = engine  # the engine this row's model used, not the process default
-    row["device"] = str(device)
+    _finish_row(row, device, spec, engine, t0)
     if baseline is not None and row["state"] == "COMPLETE":
         row.update(derived(row, baseline))
         violations = constraint_values(row, spec.constraints)
@@ -174,6 +193,37 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, baseline: Mapping[str, Any] | 
         row["constraint_violation"] = float(sum(max(v, 0.0) for v in violations))
     row["duration_s"] = time.perf_counter() - t0
     return row
+
+
+def _finish_row(row: dict[str, Any], device: torch.device, spec: TrialSpec, engine: str | None,
+                t0: float) -> dict[str, Any]:
+    row.update(environment(device, spec.threads))
+    row["quantized_engine"] = engine  # the engine this row's model used, not the process default
+    row["device"] = str(device)
+    row["duration_s"] = time.perf_counter() - t0
+    return row
+
+
+def _ship(model: nn.Module, info: Mapping[str, Any], ctx: TrialContext, spec: TrialSpec,
+          device: torch.device, row: dict[str, Any]) -> nn.Module:
+    """The deployable form of ``model`` (the export path ``optsweep export`` uses), reloaded and
+    checked against the eager model's outputs. A model that cannot be exported is recorded as
+    ``exportable = false`` with the reason and its eager form is measured."""
+    import tempfile
+
+    from optimizers.artifact import ArtifactError, formats_for, roundtrip
+
+    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in ctx.example_inputs)
+    with tempfile.TemporaryDirectory(prefix="optsweep-artifact-") as tmp:
+        try:
+            art = roundtrip(getattr(model, "_orig_mod", model), inputs, os.path.join(tmp, "model.pt2"),
+                            formats_for(info.get("export_formats", [])))
+        except ArtifactError as exc:
+            row.update(exportable=False, export_format=None, export_error=str(exc)[:500])
+            return model
+    row.update(exportable=True, export_format=art.format, export_error=None,
+               export_max_abs_diff=art.max_abs_diff)
+    return art.module
 
 
 def stage_columns(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,20 +251,32 @@ def _recipe_or_none(spec: TrialSpec) -> Recipe | None:
         return None
 
 
-def measure(model: nn.Module, ctx: TrialContext, spec: TrialSpec, device: torch.device) -> dict[str, Any]:
-    """Latency (median, IQR, p90), size, parameter counts, accuracy, peak memory."""
+def measure(model: nn.Module, ctx: TrialContext, spec: TrialSpec, device: torch.device,
+            accuracy_model: nn.Module | None = None) -> dict[str, Any]:
+    """Latency paired with the untouched model (interleaved rounds, same process, same cores),
+    size, parameter counts, accuracy, peak memory.
+
+    ``speedup`` is the median of per-round ratios and ``speedup_iqr`` their spread, so the ratio
+    no longer depends on what else ran when. Accuracy is measured on ``accuracy_model`` (the
+    eager model whose outputs the shipped artifact was checked against) when given.
+    """
     inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in ctx.example_inputs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    reference = ctx.reference_model(device)
     with latency_lock(device) if spec.exclusive_latency else contextlib.nullcontext():
-        lat = measure_latency(model, inputs, threads=spec.threads, warmup=spec.warmup,
-                              min_run_time=spec.min_run_time_s)
-    nonzero, total = count_parameters(model)
-    accuracy = float(ctx.evaluate(model)) if ctx.evaluate else fidelity(model, ctx, device)
+        paired = measure_paired(model, reference, inputs, threads=spec.threads, warmup=spec.warmup,
+                                min_run_time=spec.min_run_time_s, rounds=spec.rounds, device=device)
+    lat = paired.candidate
+    sized = accuracy_model if accuracy_model is not None else model
+    nonzero, total = count_parameters(sized)
+    scored = accuracy_model if accuracy_model is not None else model
+    accuracy = float(ctx.evaluate(scored)) if ctx.evaluate else fidelity(scored, ctx, device)
     return {
         "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms, "latency_p90_ms": lat.p90_ms,
-        "latency_noisy": lat.noisy,
-        "size_bytes": model_size_bytes(model), "compressed_size_bytes": compressed_size_bytes(model),
+        "latency_noisy": lat.noisy, "speedup": paired.speedup, "speedup_iqr": paired.speedup_iqr,
+        "paired_baseline_latency_ms": paired.reference.median_ms,
+        "size_bytes": model_size_bytes(sized), "compressed_size_bytes": compressed_size_bytes(sized),
         "total_params": total, "nonzero_params": nonzero, "accuracy": accuracy,
         "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
     }
@@ -254,7 +316,9 @@ def derived(row: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, An
         "baseline_latency_ms": baseline.get("latency_ms"),
         "baseline_size_bytes": baseline.get("size_bytes"),
         "baseline_accuracy": bacc,
-        "speedup": ratio(baseline.get("latency_ms"), row.get("latency_ms")),
+        # The paired ratio measured beside the candidate when there is one; else the sweep's.
+        "speedup": row.get("speedup") if row.get("speedup") is not None else ratio(
+            baseline.get("latency_ms"), row.get("latency_ms")),
         "compression_ratio": ratio(baseline.get("size_bytes"), row.get("size_bytes")),
         "accuracy_drop": None if acc is None or bacc is None else float(bacc) - float(acc),
     }
@@ -268,6 +332,7 @@ def run_baseline(spec: TrialSpec, ctx: TrialContext) -> dict[str, Any]:
     row = run_trial(base_spec, ctx, baseline=None)
     if row["state"] == "COMPLETE":
         row.update(derived(row, row))
+        row["speedup"] = 1.0  # by definition; speedup_iqr keeps the timer's noise on itself
         violations = constraint_values(row, spec.constraints)  # e.g. min_accuracy can exclude it
         row["feasible"] = all(v <= 0 for v in violations)
         row["constraint_violation"] = float(sum(max(v, 0.0) for v in violations))

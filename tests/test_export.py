@@ -71,7 +71,8 @@ def sweep_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "evaluate": "tinyuser:evaluate", "calibration": "tinyuser:calibration", "device": "cpu",
         "pruning": {},
     }))
-    rows = [{"trial_number": n, "latency_ms": 0.1, "accuracy": 1.0, **r} for n, r in RECIPES.items()]
+    rows = [{"trial_number": n, "latency_ms": 0.1, "accuracy": 1.0, "speedup": 50.0 if n == 3 else 1.0, **r}
+            for n, r in RECIPES.items()]
     rows.append({"trial_number": 9, "state": "FAIL", "latency_ms": None})
     write_rows(out / "results" / "trials.parquet", rows)
     return out
@@ -100,7 +101,7 @@ def _reference(out: Path, trial: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def exported(sweep_out: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, ExportResult]:
     d = tmp_path_factory.mktemp("artifacts")
-    return {t: export_trial(sweep_out, t, d / f"trial{t}.pt2", measure=False) for t in RECIPES}
+    return {t: export_trial(sweep_out, t, d / f"trial{t}.pt2", measure=False, trust=True) for t in RECIPES}
 
 
 @pytest.mark.parametrize("trial", sorted(RECIPES))
@@ -112,8 +113,8 @@ def test_sidecar_records_format_recipe_and_metrics(exported: dict[int, ExportRes
     assert side["recorded"]["latency_ms"] == 0.1 and side["torch_version"] == torch.__version__
     assert side["max_abs_diff"] <= 1e-4 and side["dynamic_batch"] is True
     if RECIPES[trial].get("quantization_type") in ("dynamic", "static"):
-        # torch.ao packed params do not survive torch.export; the fallback must kick in.
-        assert res.format == "torchscript" and side["attempts"][0]["format"] == "torch.export"
+        # torch.ao packed params do not survive torch.export: the technique asks for TorchScript first.
+        assert res.format == "torchscript" and side["load"] == "torch.jit.load(path)"
 
 
 def test_artifacts_load_in_a_fresh_process_without_user_code(
@@ -142,7 +143,7 @@ def test_export_cli_prints_recorded_and_measured(sweep_out: Path, tmp_path: Path
     app = typer.Typer()
     register(app)
     res = CliRunner().invoke(app, ["export", str(sweep_out), "--trial", "3", "--out",
-                                   str(tmp_path / "a.pt2")])
+                                   str(tmp_path / "a.pt2"), "--trust"])
     assert res.exit_code == 0, res.output
     assert "recorded" in res.output and "latency_ms" in res.output and "accuracy" in res.output
     measured = json.loads((tmp_path / "a.pt2.json").read_text())["measured"]
@@ -154,14 +155,77 @@ def test_export_cli_prints_recorded_and_measured(sweep_out: Path, tmp_path: Path
 @pytest.mark.parametrize(("trial", "match"), [(42, "trial 42 is not in"), (9, "did not complete")])
 def test_export_rejects_bad_trials(sweep_out: Path, tmp_path: Path, trial: int, match: str) -> None:
     with pytest.raises(AnalysisError, match=match):
-        export_trial(sweep_out, trial, tmp_path / "x.pt2")
+        export_trial(sweep_out, trial, tmp_path / "x.pt2", trust=True)
     app = typer.Typer()
     register(app)
     res = CliRunner().invoke(app, ["export", str(sweep_out), "--trial", str(trial), "--out",
-                                   str(tmp_path / "x.pt2")])
+                                   str(tmp_path / "x.pt2"), "--trust"])
     assert res.exit_code == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.output
 
 
 def test_export_needs_the_manifest(tmp_path: Path) -> None:
     with pytest.raises(AnalysisError, match="no sweep.json"):
         export_trial(tmp_path, 0, tmp_path / "x.pt2")
+
+
+def test_a_results_folder_is_not_trusted_by_default(sweep_out: Path, tmp_path: Path) -> None:
+    """A crafted sweep.json must not make export import its code: one line, exit 2."""
+    with pytest.raises(AnalysisError, match=r"export would import the code .*sweep.json names \(model 'tinyuser:model'"
+                                            r".*pass --config YOUR_SWEEP.yaml, or --trust"):
+        export_trial(sweep_out, 3, tmp_path / "x.pt2")
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["export", str(sweep_out), "--trial", "3", "--out", str(tmp_path / "x.pt2")])
+    assert res.exit_code == 2 and "Traceback" not in res.output and not (tmp_path / "x.pt2").exists()
+
+
+def test_config_must_name_the_sweeps_model(sweep_out: Path, tmp_path: Path) -> None:
+    cfg_dir = json.loads((sweep_out / "sweep.json").read_text())["config_dir"]
+    good = Path(cfg_dir) / "sweep.yaml"
+    good.write_text("name: t\nmodel: tinyuser:model\nexample_inputs: tinyuser:example_inputs\n"
+                    "evaluate: tinyuser:evaluate\ncalibration: tinyuser:calibration\n")
+    res = export_trial(sweep_out, 3, tmp_path / "ok.pt2", measure=False, config=good)
+    assert res.path.is_file()
+    evil = tmp_path / "other.yaml"
+    evil.write_text("name: t\nmodel: os:system\nexample_inputs: tinyuser:example_inputs\n")
+    with pytest.raises(AnalysisError, match=r"model 'os:system' differs from the sweep's 'tinyuser:model'"):
+        export_trial(sweep_out, 3, tmp_path / "no.pt2", config=evil)
+
+
+def test_export_front_writes_every_front_model(sweep_out: Path, tmp_path: Path) -> None:
+    from analysis.verify import export_front, front_trials
+
+    written = export_front(sweep_out, tmp_path / "front", trust=True)
+    assert sorted(int(p.path.stem.split("-")[1]) for p in written) == sorted(front_trials(sweep_out))
+    assert all(Path(f"{p.path}.json").is_file() for p in written)
+
+
+def test_verify_retimes_in_a_fresh_process_and_flags_disagreement(sweep_out: Path) -> None:
+    """The fixture's recorded speedups are made up (1.0 and 50.0): 50x cannot re-measure within 10%."""
+    from analysis.verify import verify
+
+    records = verify(sweep_out, [0, 3], trust=True, rounds=2, min_run_time_s=0.1)
+    by = {r["trial_number"]: r for r in records}
+    assert set(by) == {0, 3} and all("error" not in r for r in records), records
+    assert all(r["remeasured_speedup"] > 0 and r["format"] for r in records)
+    assert by[3]["within_tolerance"] is False and by[3]["difference"] < -0.5
+    saved = json.loads((sweep_out / "verify.json").read_text())
+    assert [t["trial_number"] for t in saved["trials"]] == [0, 3]
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--trial", "42"], "--trial 42 is not in"),
+    (["--tolerance", "0"], "--tolerance must be > 0; got 0.0"),
+])
+def test_verify_bad_input_is_one_line(sweep_out: Path, args: list[str], match: str) -> None:
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["verify", str(sweep_out), "--trust", *args])
+    assert res.exit_code == 2 and match in res.stderr and "Traceback" not in res.output
+
+
+def test_verify_a_folder_without_results(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["verify", str(tmp_path), "--trust"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.output

@@ -160,10 +160,13 @@ def test_composition(
     # The order shows in the result: the cast wraps the quantized model, which was quantized
     # from the pruned weights.
     inner = out
-    if recipe.precision != "fp32":
+    if recipe.precision != "fp32" and info["precision"]["changed"]:
         assert isinstance(out, MixedPrecisionWrapper)
         assert info["precision"]["mode"] in ("autocast", "cast")
+        assert info["effective"]["precision"] == recipe.precision
         inner = out.module
+    elif recipe.precision != "fp32":  # autocast over an all-int8 graph: a no-op, dropped
+        assert not isinstance(out, MixedPrecisionWrapper) and info["effective"]["precision"] == "fp32"
     if recipe.quantization_type != "none":
         assert {"original_size_bytes", "optimized_size_bytes", "compression_ratio"} <= info["quantization"].keys()
         assert info["quantization"]["compression_ratio"] > 1.2  # CNN dynamic: only its Linear

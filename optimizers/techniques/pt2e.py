@@ -34,7 +34,9 @@ class FrozenCompiled(nn.Module):
         super().__init__()
         self.graph = graph
         # Not a submodule: its state_dict would count the graph's weights twice.
-        object.__setattr__(self, "_compiled", torch.compile(graph))
+        # Static shapes: inductor's dynamic-shape qconv lowering fails on convs (torch 2.13); a new
+        # batch size recompiles, inside the freezing patch, so it fuses too.
+        object.__setattr__(self, "_compiled", torch.compile(graph, dynamic=False))
 
     def forward(self, *args: Any) -> Any:
         with torch._inductor.config.patch(freezing=True):
@@ -65,7 +67,7 @@ class PT2EStatic(_Quant):
     requires = "torchao"
     traits = frozenset({"compiled"})
     columns = ("quant_backend", "compile_s")
-    export = ("aoti",)
+    export = ("pt2e",)
 
     def check(self, params: Mapping[str, Any], device: torch.device,
               upstream: Sequence[Technique] = ()) -> str | None:
@@ -104,8 +106,13 @@ class PT2EStatic(_Quant):
             torch._dynamo.reset()
             compiled = FrozenCompiled(converted)
             t0 = time.perf_counter()
-            with torch.no_grad():
-                compiled(*inputs)  # compile now: compile time is never latency
+            try:
+                with torch.no_grad():
+                    compiled(*inputs)  # compile now: compile time is never latency
+            except Exception as exc:  # noqa: BLE001 - inductor cannot lower this graph: a model limit
+                raise UnsupportedArchitectureError(
+                    f"inductor could not compile the pt2e int8 graph: {type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}") from exc
             compile_s = time.perf_counter() - t0
         return self._finish(model, compiled, params, None, {"compile_s": compile_s})
 
