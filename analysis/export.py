@@ -205,6 +205,9 @@ def export_trial(
     calibration_fn = resolve("calibration")
     evaluate = resolve("evaluate")
     train_step = resolve("train_step")
+    seg = (manifest.get("segments") or {}).get(str(row.get("segment"))) if row.get("segment") else None
+    if isinstance(seg, dict):  # the settings this row was measured under (--new-settings segments)
+        manifest = {**manifest, **{k: seg[k] for k in ("pruning", "quantization", "device") if k in seg}}
     device = manifest.get("device") or "cpu"
     recipe = Recipe.from_row(row)
     backend = row.get("quant_backend")

@@ -585,6 +585,9 @@ def pareto_front(
     eligible, reason, cons = eligibility(results, objs, constraints, include_unexportable=include_unexportable)
     table = results.frame.copy()
     table["group"] = "all" if all_hardware else table["hardware"].astype(str)
+    if "segment" in table.columns and table["segment"].dropna().nunique() > 1:
+        # Rows measured under different settings (--new-settings) are never one front.
+        table["group"] = table["group"] + " / segment " + table["segment"].fillna("?").astype(str)
     table["is_baseline"] = (table["trial_number"] == BASELINE_TRIAL).fillna(False).astype(bool)
     table["eligible"] = eligible
     table["ineligible_reason"] = reason

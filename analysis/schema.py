@@ -96,6 +96,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("quantized_engine", pa.string(), "torch.ao quantized engine the row's own model was built for; null otherwise"),
     ("cpu_capability", pa.string(), "torch's CPU kernel level (AVX2, AVX512, ...)"),
     ("attempts", pa.int64(), "executions, counting retries after a worker died"),
+    ("segment", pa.string(), "settings segment (hash of what makes the numbers comparable); a resume with "
+     "--new-settings starts a new one, and fronts never mix segments"),
     ("started_at", pa.timestamp("us", tz="UTC"), "wall-clock start"),
     ("duration_s", pa.float64(), "wall time of the trial, build to last measurement"),
 ]

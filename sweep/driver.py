@@ -87,8 +87,12 @@ class Driver:
     """Runs one sweep. Construct, then :meth:`run`."""
 
     def __init__(self, cfg: SweepConfig, config_dir: Path, *, address: str | None = None,
-                 progress: bool | None = None, worker_cls: type | None = None) -> None:
+                 progress: bool | None = None, worker_cls: type | None = None,
+                 new_settings: bool = False) -> None:
         self.cfg = cfg
+        self.new_settings = new_settings
+        self.segment: str | None = None
+        self._lock: Any = None
         self.worker_cls = worker_cls
         self.config_dir = Path(config_dir)
         self.address = address
@@ -116,7 +120,15 @@ class Driver:
             "device": self.cfg.device, "pruning": self.cfg.pruning, "quantization": self.cfg.quantization,
             "objectives": self.cfg.objectives, "constraints": self.cfg.constraints,
             "storage": redact(self.cfg.storage), "config": json.loads(_config_json(self.cfg)),
+            "segment": self.segment,
         }
+        old = self.writer.read_text("sweep.json")
+        try:
+            segments = dict(json.loads(old).get("segments", {})) if old else {}
+        except (ValueError, AttributeError):
+            segments = {}
+        segments[str(self.segment)] = {k: manifest[k] for k in ("config", "pruning", "quantization", "device")}
+        manifest["segments"] = segments
         self.writer.write_text("sweep.json", json.dumps(manifest, indent=2))
 
     def _open_study(self) -> optuna.Study:
@@ -135,8 +147,19 @@ class Driver:
 
     def _reconcile(self, study: optuna.Study) -> int:
         """Resume: repair the study from the rows; fail + re-queue trials a dead driver left."""
+        moved = self.writer.quarantine_damaged()  # unreadable rows go to results/.damaged/ and re-run
         have = self.writer.existing_trials()
-        self.writer.clean_partials()
+        self.writer.clean_partials()  # safe: this driver holds the out's lock
+        if moved:
+            log.warning("moved %d unreadable result file(s) to results/.damaged/: %s", len(moved), ", ".join(moved))
+            by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+            for name in moved:
+                n = ResultsWriter.number_of(name)
+                if n is None or n < 0 or n in have:
+                    continue
+                ft = by_number.get(n)
+                if ft is not None and ft.params:
+                    study.enqueue_trial(complete(dict(ft.params), self.cfg.search), user_attrs={"requeued_from": n})
         for ft in study.get_trials(deepcopy=False):
             if ft.state != TrialState.RUNNING:
                 continue
@@ -186,6 +209,15 @@ class Driver:
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> SweepSummary:
+        """Run under the out's lock (one driver per out), after the config-drift check."""
+        from .guard import out_lock, resume_segment
+
+        with out_lock(self.out) as lock:
+            self._lock = lock
+            self.segment = resume_segment(self.writer, self.cfg, self.new_settings)  # before any write
+            return self._run()
+
+    def _run(self) -> SweepSummary:
         from . import executor
 
         t_start = time.perf_counter()
@@ -401,6 +433,9 @@ class Driver:
                 row.setdefault(k, self.baseline.get(k))
                 if row[k] is None:
                     row[k] = self.baseline.get(k)
+        if self._lock is not None:
+            self._lock.ensure_held()  # an object-store lease lost: stop before writing
+        row["segment"] = self.segment
         self.writer.write(row)
         self._tell(study, int(row["trial_number"]), row)
         self.progress.trial_done(row)  # duplicates say "same as trial N"
@@ -649,6 +684,8 @@ class _Pool:
 
 
 def run_sweep(cfg: SweepConfig, config_dir: Path, *, address: str | None = None,
-              progress: bool | None = None, worker_cls: type | None = None) -> SweepSummary:
+              progress: bool | None = None, worker_cls: type | None = None,
+              new_settings: bool = False) -> SweepSummary:
     """Run (or resume) the sweep described by ``cfg``; returns counts per state."""
-    return Driver(cfg, config_dir, address=address, progress=progress, worker_cls=worker_cls).run()
+    return Driver(cfg, config_dir, address=address, progress=progress, worker_cls=worker_cls,
+                  new_settings=new_settings).run()
