@@ -59,7 +59,7 @@ def verify(out: str | Path, trials: Sequence[int] | None = None, *, tolerance: f
 
     if not tolerance > 0:
         raise AnalysisError(f"--tolerance must be > 0; got {tolerance}")
-    root = _root(out)
+    root = _root(out).resolve()
     frame = load_results(root).frame
     numbers = list(trials) if trials else front_trials(root)
     have = set(frame["trial_number"].dropna().astype(int))
