@@ -218,7 +218,8 @@ def parse_constraint(expr: str | Constraint) -> Constraint:
         return expr
     m = _CONSTRAINT_RE.match(str(expr))
     if m is None:
-        raise AnalysisError(f'bad constraint "{expr}": expected {_CONSTRAINT_FORM}')
+        shown = expr.encode("unicode_escape").decode("ascii") if not expr.isprintable() else expr
+        raise AnalysisError(f'bad constraint "{shown}": expected {_CONSTRAINT_FORM}')
     column, op, number = m.groups()
     return Constraint(column, op, float(number))
 

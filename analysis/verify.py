@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AnalysisError
+from .export import _num as _f
 
 __all__ = ["export_front", "front_trials", "verify"]
 
@@ -108,10 +109,3 @@ def verify(out: str | Path, trials: Sequence[int] | None = None, *, tolerance: f
                                                   "trials": records}, indent=2))
     return records
 
-
-def _f(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if f != f else f

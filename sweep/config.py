@@ -254,7 +254,12 @@ def _format_error(exc: ValidationError) -> str:
     got = err.get("input")
     skip = err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) or "got " in msg
     got_s = "" if skip else f"; got {got!r}"
-    return f"config key '{loc}': {msg}{got_s}{extra}"
+    return _printable(f"config key '{loc}': {msg}{got_s}{extra}")
+
+
+def _printable(text: str) -> str:
+    """One line, whatever the config held: control characters and newlines shown as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def parse_config(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> SweepConfig:

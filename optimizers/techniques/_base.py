@@ -54,12 +54,14 @@ class Dimension:
     off: Any = None
     selects: tuple[str, ...] = ()
     default: Any = None
+    range: tuple[float, float] | None = None  # [low, high) for numeric dimensions
 
 
 DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (
     Dimension("pruning_method", str, "pruning or factorization technique; `none` is off",
               off="none", selects=("prune", "factorize"), default="none"),
-    Dimension("pruning_amount", float, "fraction removed (weights, channels or rank), in [0, 1)"),
+    Dimension("pruning_amount", float, "fraction removed (weights, channels or rank), in [0, 1)",
+              range=(0.0, 1.0)),
     Dimension("quantization_type", str, "quantization technique; `none` is off",
               off="none", selects=("quantize",), default="none"),
     Dimension("quantization_bits", int, "bits of the quantized weights", default=8),
@@ -174,6 +176,11 @@ class Technique:
         reason = self.available()
         if reason:
             return reason
+        for dim in self.uses:
+            rng = DIMENSIONS[dim].range
+            v = params.get(dim)
+            if rng is not None and (v is None or not rng[0] <= float(v) < rng[1]):
+                return f"{self.label} needs {dim} in [{rng[0]:g}, {rng[1]:g}); got {v!r}"
         for dim, allowed in self.accepts.items():
             v = params.get(dim)
             if v is not None and v not in allowed:

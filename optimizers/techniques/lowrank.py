@@ -130,13 +130,6 @@ class LowRank(Technique):
     _USED_OPTIONS: ClassVar[tuple[str, ...]] = (
         "ignored_layers", "recovery_steps", "recovery_seconds", "recovery_loss", "recovery_lr")
 
-    def check(self, params: Mapping[str, Any], device: torch.device,
-              upstream: Sequence[Technique] = ()) -> str | None:
-        amount = params.get("pruning_amount")
-        if amount is None or not 0.0 <= float(amount) < 1.0:
-            return f"lowrank needs pruning_amount in [0, 1); got {amount!r}"
-        return None
-
     def _apply(self, model: nn.Module, params: Mapping[str, Any], ctx: ApplyContext
                ) -> tuple[nn.Module, StageInfo]:
         from ..pruning import PruningConfig

@@ -7,7 +7,7 @@ module registers them and says what each one changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -21,13 +21,6 @@ class _Pruning(Technique):
     uses: ClassVar[tuple[str, ...]] = ("pruning_amount",)
     options: ClassVar[str | None] = "pruning"
     columns: ClassVar[tuple[str, ...]] = ("sparsity", "dense_speedup_expected")
-
-    def check(self, params: Mapping[str, Any], device: torch.device,
-              upstream: Sequence[Technique] = ()) -> str | None:
-        amount = params.get("pruning_amount")
-        if amount is None or not 0.0 <= float(amount) < 1.0:
-            return f"{self.name} needs pruning_amount in [0, 1); got {amount!r}"
-        return None
 
     def _apply(self, model: nn.Module, params: Mapping[str, Any], ctx: ApplyContext
                ) -> tuple[nn.Module, StageInfo]:
