@@ -58,7 +58,7 @@ __all__ = [
     "best_under_constraints",
 ]
 
-NOISY_OBJECTIVES = {"latency_ms": "latency_iqr_ms"}
+NOISY_OBJECTIVES = {"latency_ms": "latency_iqr_ms", "speedup": "speedup_iqr"}
 """Objective column -> column holding the half-width of its noise interval."""
 
 _SEED_MIN_POINTS = 2048

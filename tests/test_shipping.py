@@ -128,3 +128,16 @@ def test_constraint_parser_fuzz(expr: str) -> None:
         parse_constraint(expr)
     except AnalysisError as exc:
         assert "\n" not in str(exc)
+
+
+def test_speedup_ties_use_the_paired_ratios_spread() -> None:
+    rows = [
+        {"trial_number": 1, "speedup": 3.0, "speedup_iqr": 0.4, "accuracy": 0.90},
+        {"trial_number": 2, "speedup": 3.2, "speedup_iqr": 0.4, "accuracy": 0.89},
+    ]
+    res = make_results(rows)
+    noisy = pareto_front(res, ["speedup:max", "accuracy:max"])
+    exact = pareto_front(res, ["speedup:max", "accuracy:max"], noise_aware=False)
+    assert set(exact.front["trial_number"]) == {1, 2}
+    # Within the spread, 3.2x is not a win over 3.0x: the more accurate point dominates.
+    assert set(noisy.front["trial_number"]) == {1}
