@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -48,7 +49,12 @@ def main() -> None:
     job = json.loads(sys.stdin.read())
     import torch
 
-    torch.set_num_threads(int(job["threads"]))
+    threads = int(job["threads"])
+    if job.get("pin") and hasattr(os, "sched_setaffinity"):
+        # Dedicated cores, as the sweep's workers had: a thread free to migrate is another condition.
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(cores[-threads:]))
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     artifact = _load_artifact(job["artifact"], job["format"])
     load_s = time.perf_counter() - t0

@@ -53,7 +53,7 @@ def _root(out: str | Path) -> Path:
 
 def verify(out: str | Path, trials: Sequence[int] | None = None, *, tolerance: float = 0.10,
            config: str | Path | None = None, trust: bool = False, rounds: int = 5,
-           min_run_time_s: float = 1.0, timeout_s: float = 600) -> list[dict[str, Any]]:
+           min_run_time_s: float = 1.0, timeout_s: float = 600, pin_cores: bool = True) -> list[dict[str, Any]]:
     """Verify ``trials`` (default: the front); returns one record per trial and writes verify.json."""
     from .dataset import load_results
     from .export import MANIFEST, _manifest, code_refs, export_trial
@@ -86,7 +86,7 @@ def verify(out: str | Path, trials: Sequence[int] | None = None, *, tolerance: f
         threads = int(row["threads"]) if _f(row.get("threads")) else 1
         job = {"artifact": str(res.path), "format": res.format, "model": refs["model"],
                "example_inputs": refs["example_inputs"], "base_dir": base_dir, "threads": threads,
-               "warmup": 5, "rounds": rounds, "min_run_time": min_run_time_s}
+               "warmup": 5, "rounds": rounds, "min_run_time": min_run_time_s, "pin": pin_cores}
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = repo
