@@ -56,3 +56,20 @@ def frame_of(results: Results) -> pd.DataFrame:
 
 
 assert SCHEMA is not None
+
+
+def cli_app() -> Any:
+    """A Typer app with the analysis commands (``pareto``, ``report``, ...)."""
+    import typer
+
+    from analysis.cli import register
+
+    a = typer.Typer()
+    register(a)
+    return a
+
+
+def invoke(app: Any, *args: object) -> Any:
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, [str(a) for a in args])

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 import typer
-from analysis_fixtures import write_rows
-from typer.testing import CliRunner
+from analysis_fixtures import cli_app, invoke, write_rows
 
 import analysis._escape as escape_module
 from analysis._escape import csv_cell, csv_frame, markdown, rich_markup, terminal
-from analysis.cli import register
 from analysis.report import write_report
 
 MARKUP = "[/bold]x"
@@ -33,13 +31,7 @@ MATH = r"$\frac{$"
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    a = typer.Typer()
-    register(a)
-    return a
-
-
-def invoke(app: typer.Typer, *args: object):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return cli_app()  # type: ignore[no-any-return]
 
 
 def hostile_run(path: Path, names: list[str]) -> Path:

@@ -16,11 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import typer
-from analysis_fixtures import rows_table, write_synthetic_run
-from typer.testing import CliRunner
+from analysis_fixtures import cli_app, invoke, rows_table, write_synthetic_run
 
 from analysis import AnalysisError, load_results, pareto_front
-from analysis.cli import register
 from analysis.errors import DamagedFileWarning
 from analysis.schema import ABSENT_DEFAULTS, COLUMN_NAMES
 
@@ -29,13 +27,7 @@ NO_HARDWARE_NOTE = "the dataset has no 'hardware' column"
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    a = typer.Typer()
-    register(a)
-    return a
-
-
-def invoke(app: typer.Typer, *args: object):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return cli_app()  # type: ignore[no-any-return]
 
 
 def plain_table(baseline: bool = True, **extra: list[object]) -> pa.Table:
