@@ -373,7 +373,9 @@ def test_multihost_node_loss_driver_kill_and_head_stop(cluster: Cluster) -> None
     measured = df1[df1["duplicate_of"].isna()]
     per_node = {h: int((measured["node_id"] == node_of[h]).sum()) for h in ("worker1", "worker2", "head")}
     assert per_node["head"] == 0  # the head has no CPUs: no trial ran there
-    assert per_node[victim] >= 1 and per_node[survivor] >= 1, per_node  # both hosts did work
+    # The survivor finished the sweep; the victim may have had only its in-flight trial (retried above)
+    # when it was killed, so it need not have a row of its own.
+    assert per_node[survivor] >= 1, per_node
     figures["sweep1"] = {**f1, "retried_rows": len(retried), "extra_attempts": int((retried["attempts"] - 1).sum()),
                          "measured_rows_per_host": per_node, "killed_processes": killed}
     log(f"sweep 1: {figures['sweep1']}")
