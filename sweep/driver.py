@@ -39,6 +39,10 @@ ENV_COLUMNS = ("hardware", "device", "threads", "torch_version", "quantized_engi
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+MAX_REPEATS = int(os.environ.get("OPTSWEEP_MAX_REPEATS", 8))
+"""Duplicates the sampler may propose in a row before the driver picks an unmeasured point."""
+
+
 @dataclass
 class SweepSummary:
     out: str
@@ -46,6 +50,8 @@ class SweepSummary:
     states: dict[str, int]
     interrupted: bool = False
     duration_s: float = 0.0
+    distinct: int = 0
+    exhausted: bool = False
 
 
 def make_storage(cfg: SweepConfig, out: str) -> Any:
@@ -109,6 +115,7 @@ class Driver:
         self.effective_seen: dict[str, dict[str, Any]] = {}  # effective recipe key -> first row measured
         self.by_number: dict[int, dict[str, Any]] = {}
         self.scheduler = Scheduler()
+        self.exhausted = False
         self.baseline: dict[str, Any] | None = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -171,12 +178,17 @@ class Driver:
                 if ft.params:
                     study.enqueue_trial(complete(dict(ft.params), self.cfg.search),
                                         user_attrs={"requeued_from": ft.number})
+        distinct = 0
         for n in sorted(have):
             row = self.writer.read(n)
-            if row and row["state"] in ("COMPLETE", "INFEASIBLE") and row.get("duplicate_of") is None:
+            if row is None:
+                continue
+            if row.get("duplicate_of") is None:
+                distinct += 1
+            if row["state"] in ("COMPLETE", "INFEASIBLE") and row.get("duplicate_of") is None:
                 self.seen.setdefault(_key_of(row), row)
                 self._remember(row)
-        return len(have)
+        return distinct  # n_trials counts distinct configurations: repeats are rows, not budget
 
     # -- tell ----------------------------------------------------------------------------------
     def _tell(self, study: optuna.Study, number: int, row: dict[str, Any]) -> None:
@@ -273,7 +285,8 @@ class Driver:
             restore()
         states = self._states()
         return SweepSummary(out=self.out, n_rows=sum(states.values()), states=states,
-                            interrupted=interrupted, duration_s=time.perf_counter() - t_start)
+                            interrupted=interrupted, duration_s=time.perf_counter() - t_start,
+                            distinct=done + self.scheduler.distinct, exhausted=self.exhausted)
 
     def _defer_sigint(self) -> Any:
         """Ctrl-C sets a flag the loop checks between steps, so it never lands inside a storage
@@ -373,57 +386,101 @@ class Driver:
         tell) happens while the workers run: freed workers are refilled first from trials asked
         ahead of time, then finished rows are persisted, then the next trial is asked ahead."""
         sched = self.scheduler
+        max_asks = 20 * max(remaining, 1) + 100  # a sampler stuck on known points cannot spin forever
+
+        def want() -> bool:
+            """Ask more? ``n_trials`` counts distinct configurations; a repeat is told the known
+            values and costs no budget; the space running out ends the sweep early."""
+            return not self.exhausted and sched.distinct < remaining and sched.asked < max_asks
 
         def ask_one() -> None:
             """Ask one trial; INFEASIBLE and duplicates are finished here and take no worker."""
+            if sched.repeats >= MAX_REPEATS:
+                self._enqueue_unmeasured(study, base.device)
+                sched.repeats = 0
+                if self.exhausted:
+                    return
             trial = study.ask()
             self._open_trials[trial.number] = trial
             params = suggest(trial, self.cfg.search)
             spec = TrialSpec(**{**base.__dict__, "trial_number": trial.number, "params": params})
             recipe = to_recipe(params)
             reason = check_feasible(recipe, base.device)
-            if reason:
-                sched.asked += 1
-                self._finish(study, self._infeasible(spec, reason))
-                return
             key = recipe.resolved(base.device).key()
+            if reason and key not in self.seen:
+                sched.admit_infeasible()
+                row = self._infeasible(spec, reason)
+                self.seen[key] = row
+                self._finish(study, row)
+                return
             sched.admit(spec, key, self.seen.get(key), self._duplicate)
 
         while True:
             self._check_stop()
-            while pool.has_free() and (sched.ready or sched.asked < remaining):
+            while pool.has_free() and (sched.ready or want()):
                 if sched.ready:
                     pool.submit(payload_ref, self._with_known(sched.next_ready()), self.baseline)
                 else:
                     ask_one()
             for row in sched.take_finished():  # workers are busy again: now persist + tell
                 self._finish(study, row)
-            if not sched.ready and sched.asked < remaining:
+            if not sched.ready and want():
                 ask_one()  # prepare the next trial while the workers run
             if not pool.inflight and not sched.ready:
-                if sched.asked >= remaining and sched.idle():
+                if not want() and sched.idle():
                     for row in sched.take_finished():
                         self._finish(study, row)
                     return False
                 continue
             self.progress.update(running=len(pool.inflight))
             for row in pool.wait(self.cfg.trial_timeout_s, self.cfg.max_retries, self.baseline):
-                if row.get("state") == "COMPLETE" and row.get("duplicate_of") is not None \
-                        and row.get("latency_ms") is None:  # the worker found a no-op twin
+                twin = row.get("state") == "COMPLETE" and row.get("duplicate_of") is not None \
+                    and row.get("latency_ms") is None  # the worker found a no-op twin, not timed
+                if twin:
                     original = self.by_number.get(int(row["duplicate_of"]))
                     spec = _spec_of(row, base)
                     if original is not None:
                         row = self._duplicate(spec, original, own=row)
+                was_new = row.get("duplicate_of") is None
                 row = self._remember(row)
+                if twin or (was_new and row.get("duplicate_of") is not None):
+                    sched.not_distinct_after_all()  # its effective recipe was measured: ask again
                 ok = row["state"] in ("COMPLETE", "INFEASIBLE")
                 key = sched.key_of(int(row["trial_number"]))
                 if ok:
                     self.seen[key] = row
                 sched.done(row, ok, self._duplicate)
-            if not pool.inflight and sched.idle() and sched.asked >= remaining:
+            if not pool.inflight and sched.idle() and not want():
                 for row in sched.take_finished():
                     self._finish(study, row)
                 return False
+
+    def _enqueue_unmeasured(self, study: optuna.Study, device: str) -> None:
+        """After MAX_REPEATS repeats, queue a point of the space nothing has measured yet; with none
+        left in a discrete space, mark the space exhausted."""
+        import random
+
+        busy = set(self.scheduler.inflight)
+        fresh = []
+        for params in grid(self.cfg.search):
+            try:
+                key = to_recipe(params).resolved(device).key()
+            except (KeyError, ValueError):
+                continue
+            if key not in self.seen and key not in busy:
+                fresh.append(params)
+        if fresh:
+            study.enqueue_trial(random.Random(self.cfg.seed + len(self.seen)).choice(fresh),
+                                user_attrs={"after_repeats": MAX_REPEATS})
+        elif self._discrete_space():
+            self.exhausted = True
+            log.warning("the search space is exhausted: every distinct configuration has a row")
+
+    def _discrete_space(self) -> bool:
+        from .space import amount_choices
+
+        pruning = [m for m in self.cfg.search.pruning_method if m != "none"]
+        return not pruning or bool(amount_choices(self.cfg.search))
 
     def _finish(self, study: optuna.Study, row: dict[str, Any]) -> None:
         if self.baseline is not None and not row.get("hardware"):

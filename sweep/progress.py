@@ -59,7 +59,8 @@ class Progress:
             self._bar.update(self._task, status=self._status())
 
     def trial_done(self, row: dict[str, Any]) -> None:
-        self.done += 1
+        if row.get("duplicate_of") is None:  # the budget counts distinct configurations
+            self.done += 1
         if row["state"] == "FAIL":
             self.failed += 1
         if row["state"] == "COMPLETE" and row.get("feasible", True):

@@ -40,7 +40,9 @@ class Scheduler:
     waiting: dict[str, list[Any]] = field(default_factory=dict)   # key -> specs behind an in-flight twin
     inflight: dict[str, Any] = field(default_factory=dict)        # key -> the spec being measured
     keys: dict[int, str] = field(default_factory=dict)            # trial number -> its key
-    asked: int = 0
+    asked: int = 0     # every trial asked (duplicates included)
+    distinct: int = 0  # asked trials that will give a new measurement (or a new INFEASIBLE row)
+    repeats: int = 0   # duplicates proposed in a row since the last new configuration
 
     def admit(self, spec: Any, key: str, known: Mapping[str, Any] | None,
               duplicate: Callable[[Any, Any], dict[str, Any]] | None = None) -> str:
@@ -51,13 +53,27 @@ class Scheduler:
             assert duplicate is not None
             self.keys.pop(spec.trial_number, None)
             self.finished.append(duplicate(spec, known))
+            self.repeats += 1
             return "duplicate"
         if key in self.inflight:
             self.waiting.setdefault(key, []).append(spec)
+            self.repeats += 1
             return "waiting"
         self.inflight[key] = spec
         self.ready.append(spec)
+        self.distinct += 1
+        self.repeats = 0
         return "ready"
+
+    def admit_infeasible(self) -> None:
+        """A new configuration that cannot run here: it is information, and counts."""
+        self.asked += 1
+        self.distinct += 1
+        self.repeats = 0
+
+    def not_distinct_after_all(self) -> None:
+        """A measured trial turned out to be an earlier model (a no-op stage): give its slot back."""
+        self.distinct -= 1
 
     def next_ready(self) -> Any:
         return self.ready.popleft()
@@ -78,7 +94,8 @@ class Scheduler:
             for spec in specs:
                 self.keys.pop(spec.trial_number, None)
                 self.finished.append(duplicate(spec, row))
-        elif specs:
+        elif specs:  # the original failed: its first twin is measured for real, and counts
+            self.distinct += 1
             self.inflight[key] = specs[0]
             self.ready.append(specs[0])
             if specs[1:]:

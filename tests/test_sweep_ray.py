@@ -54,9 +54,12 @@ def test_sweep_runs_to_n_trials_with_columns(tmp_path: Path) -> None:
     summary = run_sweep(cfg, MODELS, progress=False)
     df = rows(tmp_path / "out")
     trials = df[df.trial_number >= 0]
-    assert len(trials) == 8 and trials.trial_number.is_unique
+    distinct = trials[trials.duplicate_of.isna()]
+    # n_trials counts distinct configurations: 8 of this 8-point space, unless no-op stages make
+    # some of its points the same model (then the space is exhausted sooner, and says so).
+    assert (len(distinct) == 8 or summary.exhausted) and trials.trial_number.is_unique
     assert (df.trial_number == -1).sum() == 1
-    assert summary.n_rows == 8
+    assert summary.n_rows == len(trials) and summary.distinct == len(distinct)
     done = trials[trials.state == "COMPLETE"]
     assert len(done) >= 1
     assert (done.baseline_latency_ms > 0).all() and done.speedup.notna().all() and done.feasible.notna().all()
@@ -72,11 +75,13 @@ def test_identical_configurations_are_not_remeasured(tmp_path: Path) -> None:
     cfg = config(tmp_path, sampler="random", n_trials=8,
                  search={"pruning_method": ["none"], "quantization_type": ["none", "dynamic"],
                          "quantization_bits": [8], "precision": ["fp32"]})
-    run_sweep(cfg, MODELS, progress=False)
+    summary = run_sweep(cfg, MODELS, progress=False)
     df = rows(tmp_path / "out")
     trials = df[df.trial_number >= 0]
     measured = trials[trials.duplicate_of.isna()]
-    assert len(trials) == 8
+    # Repeats cost no budget. Of the 2 points, 'none' is the untouched model, measured as the
+    # baseline row: only 'dynamic' is new, then the space is exhausted and the sweep ends early.
+    assert len(measured) == 1 and summary.exhausted and summary.distinct == 1
     keys = measured.quantization_type.tolist()
     assert len(keys) == len(set(keys))  # each distinct config measured once
     dups = trials[trials.duplicate_of.notna()]
@@ -91,7 +96,7 @@ def test_raise_hang_and_dead_worker_are_rows_and_sweep_finishes(tmp_path: Path) 
     summary = run_sweep(cfg, MODELS, progress=False)
     df = rows(tmp_path / "out")
     trials = df[df.trial_number >= 0]
-    assert len(trials) == 8 and not summary.interrupted
+    assert (len(trials[trials.duplicate_of.isna()]) == 8 or summary.exhausted) and not summary.interrupted
     errs = set(trials.error_type.dropna())
     assert {"ValueError", "TIMEOUT", "WORKER_DIED"} <= errs, trials[["state", "error_type", "error"]]
     died = trials[trials.error_type == "WORKER_DIED"]
@@ -132,7 +137,7 @@ def test_resume_after_driver_stops(tmp_path: Path, sig: int) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     df = rows(out)
     trials = df[df.trial_number >= 0]
-    assert len(trials) == 12 and trials.trial_number.is_unique
+    assert len(trials[trials.duplicate_of.isna()]) == 12 and trials.trial_number.is_unique
     assert (df.trial_number == -1).sum() == 1
     for f in (out / "results").glob("*.parquet"):
         pd.read_parquet(f)  # every visible file is complete
@@ -155,10 +160,30 @@ def test_sweep_writes_rows_to_an_object_store(tmp_path: Path, monkeypatch: pytes
         uri = f"s3://bkt/runs/t?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
         cfg = config(tmp_path, out=uri, storage=f"sqlite:///{tmp_path / 'study.db'}", n_trials=4)
         summary = run_sweep(cfg, MODELS, progress=False)
-        assert summary.n_rows == 4
+        assert summary.distinct == 4
         df = load_results(uri).frame
-        assert sorted(df.trial_number.tolist())[0] == -1 and (df.trial_number >= 0).sum() == 4
+        trials = df[df.trial_number >= 0]
+        assert sorted(df.trial_number.tolist())[0] == -1 and trials.duplicate_of.isna().sum() == 4
         again = run_sweep(cfg, MODELS, progress=False)  # resume: nothing left to run, nothing duplicated
-        assert again.n_rows == 4
+        assert again.n_rows == summary.n_rows and again.distinct == 4
     finally:
         server.stop()
+
+
+def test_repeats_cost_no_budget_and_resume_stays_exact(tmp_path: Path) -> None:
+    """TPE in a 4-point space (one of them the baseline's) with n_trials 3: 3 distinct
+    configurations, repeats told the known values; resuming adds nothing; raising n_trials past
+    the space ends early, exhausted."""
+    search = {"pruning_method": ["none", "magnitude"], "pruning_amount": [0.5],
+              "quantization_type": ["none"], "precision": ["fp32", "fp16"]}
+    cfg = config(tmp_path, sampler="tpe", n_trials=3, search=search)
+    first = run_sweep(cfg, MODELS, progress=False)
+    trials = rows(tmp_path / "out").query("trial_number >= 0")
+    assert first.distinct == 3 == int(trials.duplicate_of.isna().sum()) and not first.exhausted
+    again = run_sweep(cfg, MODELS, progress=False)
+    assert again.distinct == 3 and again.n_rows == first.n_rows  # exact: nothing re-run, nothing added
+    bigger = run_sweep(config(tmp_path, sampler="tpe", n_trials=10, search=search), MODELS, progress=False)
+    trials = rows(tmp_path / "out").query("trial_number >= 0")
+    assert bigger.exhausted and bigger.distinct == int(trials.duplicate_of.isna().sum()) <= 4
+    measured = trials[trials.duplicate_of.isna()]
+    assert not measured.effective_recipe.duplicated().any()  # every distinct row is a distinct model
