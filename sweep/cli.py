@@ -102,7 +102,13 @@ def run(
     except OptsweepError as exc:
         raise fail(str(exc), 1) from None
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
-    typer.echo(f"{summary.n_rows} trials in {redact(summary.out)} ({states}); {summary.duration_s:.0f} s", err=True)
+    repeats = summary.n_rows - summary.distinct
+    typer.echo(f"{summary.n_rows} trials in {redact(summary.out)} ({states}); {summary.distinct} distinct"
+               f"{f', {repeats} repeats (not re-measured, no budget)' if repeats > 0 else ''}; "
+               f"{summary.duration_s:.0f} s", err=True)
+    if summary.exhausted:
+        typer.echo(f"the search space is exhausted: all {summary.distinct} distinct configurations are measured "
+                   f"(n_trials {cfg.n_trials})", err=True)
     _print_front(summary.out)
     if summary.interrupted:
         typer.echo("interrupted: finished trials are kept; run the same command to continue", err=True)
