@@ -141,3 +141,18 @@ def test_speedup_ties_use_the_paired_ratios_spread() -> None:
     assert set(exact.front["trial_number"]) == {1, 2}
     # Within the spread, 3.2x is not a win over 3.0x: the more accurate point dominates.
     assert set(noisy.front["trial_number"]) == {1}
+
+
+def test_report_shows_what_verify_found(tmp_path: Path) -> None:
+    import json
+
+    from analysis.report import write_report
+
+    write_rows(tmp_path / "results" / "t.parquet", ROWS)
+    (tmp_path / "verify.json").write_text(json.dumps({"tolerance": 0.1, "trials": [
+        {"trial_number": 2, "recorded_speedup": 5.0, "remeasured_speedup": 3.0, "within_tolerance": False},
+        {"trial_number": -1, "error": "no format could export it"}]}))
+    paths = write_report(tmp_path, tmp_path / "r" / "report.html")
+    md = paths.markdown.read_text()
+    front = [ln for ln in md.splitlines() if ln.startswith("| cpu-a | 2 |")]
+    assert front and front[0].endswith("| MISMATCH 3.00x (rec 5.00x) |"), md[:3000]
