@@ -94,7 +94,12 @@ class PT2EStatic(_Quant):
                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
             quantizer = xiq.X86InductorQuantizer()
             quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-            prepared = prepare_pt2e(graph, quantizer)  # type: ignore[arg-type]
+            try:
+                prepared = prepare_pt2e(graph, quantizer)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - e.g. HF MiniLM: the quantizer's pattern matcher fails
+                raise UnsupportedArchitectureError(
+                    f"X86InductorQuantizer could not annotate this graph: {type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}") from exc
             with torch.no_grad():
                 for batch in ctx.calibration or [inputs]:
                     prepared(*batch)
