@@ -23,7 +23,7 @@ outputs match the model within tolerance wins:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ class Artifact:
 def flat_tensors(x: Any) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         return [t for v in x.values() for t in flat_tensors(v)]
     if isinstance(x, (tuple, list)):
         return [t for v in x for t in flat_tensors(v)]

@@ -41,7 +41,6 @@ def allowed_bits(quantization_type: str) -> tuple[int, ...]:
                          for b in t.accepts.get("quantization_bits", ())}))
 
 
-QUANTIZATION_TYPES = ("dynamic", "static", "weight_only")  # the built-in ones; see quantization_types()
 BACKENDS = ("auto", "torch_ao", "torchao", "pt2e")
 _BACKEND_ALIASES = {"torch.ao": "torch_ao"}
 ENGINES = ("auto", "x86", "fbgemm", "qnnpack", "onednn")

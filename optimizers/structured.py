@@ -41,7 +41,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ from ._structured_attention import (
     prune_heads,
 )
 from ._utils import count_parameters
+from .artifact import flat_tensors
 from .errors import ConfigError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
@@ -382,13 +383,7 @@ def _prune_channels(model: nn.Module, config: PruningConfig, inputs: Inputs,
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _tensors(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _tensors(v)]
-    return []
+    return flat_tensors(out)
 
 
 def _shapes(out: Any) -> list[tuple[int, ...]]:

@@ -82,9 +82,27 @@ class Progress:
         if row.get("duplicate_of") is not None:
             detail = f"same configuration as trial {row['duplicate_of']}: not re-measured"
         self._log(f"trial {row['trial_number']} {row['state']} ({self.done}/{self.total}, eta {eta:.0f}s): "
-                  f"{row.get('pruning_method')}/{row.get('quantization_type')}/{row.get('precision')} {detail}")
+                  f"{_label(row)} {detail}")
 
     def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def _label(row: dict[str, Any]) -> str:
+    """pruning/quantization/precision the model really ran (its effective recipe when known),
+    with the requested stages that changed nothing after ``no-op:``."""
+    import json
+
+    keys = ("pruning_method", "quantization_type", "precision")
+    label = "/".join(str(row.get(k)) for k in keys)
+    try:
+        eff = json.loads(row.get("effective_recipe") or "")
+    except (TypeError, ValueError):
+        return label
+    if not isinstance(eff, dict):
+        return label
+    got = "/".join(str(eff.get(k, row.get(k))) for k in keys)
+    dropped = [str(row.get(k)) for k in keys if eff.get(k, row.get(k)) != row.get(k)]
+    return got + (f" (no-op: {', '.join(dropped)})" if dropped else "")

@@ -268,15 +268,14 @@ def measure(model: nn.Module, ctx: TrialContext, spec: TrialSpec, device: torch.
         paired = measure_paired(model, reference, inputs, threads=spec.threads, warmup=spec.warmup,
                                 min_run_time=spec.min_run_time_s, rounds=spec.rounds, device=device)
     lat = paired.candidate
-    sized = accuracy_model if accuracy_model is not None else model
-    nonzero, total = count_parameters(sized)
-    scored = accuracy_model if accuracy_model is not None else model
-    accuracy = float(ctx.evaluate(scored)) if ctx.evaluate else fidelity(scored, ctx, device)
+    eager = accuracy_model if accuracy_model is not None else model  # sized and scored
+    nonzero, total = count_parameters(eager)
+    accuracy = float(ctx.evaluate(eager)) if ctx.evaluate else fidelity(eager, ctx, device)
     return {
         "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms, "latency_p90_ms": lat.p90_ms,
         "latency_noisy": lat.noisy, "speedup": paired.speedup, "speedup_iqr": paired.speedup_iqr,
         "paired_baseline_latency_ms": paired.reference.median_ms,
-        "size_bytes": model_size_bytes(sized), "compressed_size_bytes": compressed_size_bytes(sized),
+        "size_bytes": model_size_bytes(eager), "compressed_size_bytes": compressed_size_bytes(eager),
         "total_params": total, "nonzero_params": nonzero, "accuracy": accuracy,
         "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
     }

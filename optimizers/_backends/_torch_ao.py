@@ -12,14 +12,6 @@ from torch import nn
 from ..errors import UnsupportedArchitectureError, UnsupportedOnDeviceError
 
 
-def available() -> bool:
-    try:
-        import torch.ao.quantization  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _select_engine(engine: str) -> str:
     supported = torch.backends.quantized.supported_engines
     if engine == "auto":
