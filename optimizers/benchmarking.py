@@ -28,6 +28,10 @@ from torch import nn
 from ._utils import compressed_size_bytes, count_parameters, model_device, model_size_bytes
 
 NOISY_IQR_RATIO = 0.10
+MIN_SAMPLES = 5
+"""Fewest timed blocks a latency figure is made of: fewer have no spread to report."""
+PAIRED_MIN_SAMPLES = 3
+"""Fewest timed blocks per model per round of a paired measurement."""
 
 
 @dataclass(frozen=True)
@@ -109,19 +113,10 @@ def measure_latency(
             for _ in range(warmup):
                 model(*inputs)
             _sync(device)
-            timer = Timer(
-                stmt="model(*inputs)",
-                setup="",
-                globals={"model": model, "inputs": tuple(inputs)},
-                num_threads=threads,
-            )
-            # blocked_autorange runs in inference mode via the stmt's globals; grad is off here.
-            m = timer.blocked_autorange(min_run_time=min_run_time)
+            times_ms, number = _block_times_ms(model, tuple(inputs), threads, min_run_time, MIN_SAMPLES)
     finally:
         torch.set_num_threads(prev)
-    return LatencyStats.from_times_ms(
-        np.asarray(m.times) * 1e3, calls_per_sample=int(m.number_per_run), threads=threads
-    )
+    return LatencyStats.from_times_ms(times_ms, calls_per_sample=number, threads=threads)
 
 
 @dataclass(frozen=True)
@@ -141,12 +136,27 @@ class PairedStats:
     rounds: int
 
 
-def _block_times_ms(model: nn.Module, inputs: tuple[Any, ...], threads: int, min_run_time: float) -> np.ndarray:
+def _block_times_ms(
+    model: nn.Module, inputs: tuple[Any, ...], threads: int, min_run_time: float, min_samples: int
+) -> tuple[np.ndarray, int]:
+    """Per-call times (ms) of ``min_samples`` or more timed blocks, and the calls per block.
+
+    ``blocked_autorange`` sizes its blocks so timer overhead is <0.01% of a block; for a fast
+    model and a short budget that can be one block holding the whole budget, which has no
+    spread. Then the budget is timed again in ``min_samples`` smaller blocks (still many calls
+    each unless one call is itself long), so every figure comes with its noise.
+    """
     from torch.utils.benchmark import Timer
 
+    # The caller holds inference mode; the stmt runs in this thread, so grad is off there too.
     timer = Timer(stmt="model(*inputs)", globals={"model": model, "inputs": inputs}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
-    return np.asarray(m.times) * 1e3
+    if len(m.times) >= min_samples:
+        return np.asarray(m.times) * 1e3, int(m.number_per_run)
+    per_call_s = float(np.median(m.times))
+    number = max(1, int(min_run_time / min_samples / per_call_s)) if per_call_s > 0 else 1
+    times = [timer.timeit(number).median for _ in range(min_samples)]
+    return np.asarray(times) * 1e3, number
 
 
 def measure_paired(
@@ -191,7 +201,7 @@ def measure_paired(
                 order = ((reference, ref_t), (candidate, cand_t)) if r % 2 == 0 else \
                     ((candidate, cand_t), (reference, ref_t))
                 for model, sink in order:
-                    sink.append(_block_times_ms(model, inputs, threads, per))
+                    sink.append(_block_times_ms(model, inputs, threads, per, PAIRED_MIN_SAMPLES)[0])
                 ratios.append(float(np.median(ref_t[-1]) / np.median(cand_t[-1])))
     finally:
         torch.set_num_threads(prev)
