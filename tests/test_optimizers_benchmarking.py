@@ -14,7 +14,13 @@ from torch import nn
 
 import optimizers
 from optimizers import LatencyStats, OptimizationBenchmark, environment, measure_latency
-from optimizers.benchmarking import NOISY_IQR_RATIO, is_noisy
+from optimizers.benchmarking import (
+    MIN_SAMPLES,
+    NOISY_IQR_RATIO,
+    PAIRED_MIN_SAMPLES,
+    is_noisy,
+    measure_paired,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +35,20 @@ def test_measure_latency_sane(tiny: nn.Module) -> None:
     assert s.median_ms > 0 and s.mean_ms > 0
     assert s.iqr_ms >= 0
     assert s.p90_ms >= s.median_ms
-    assert s.n_samples >= 2
+    assert s.n_samples >= MIN_SAMPLES  # a figure always has a spread (CI once got one block)
     assert s.calls_per_sample >= 1
     assert s.threads == threads
     assert torch.get_num_threads() == threads  # restored
+
+
+@pytest.mark.parametrize("budget", [0.002, 0.02])
+def test_short_budgets_still_give_enough_blocks(tiny: nn.Module, budget: float) -> None:
+    # blocked_autorange alone returns a single block when one block fills the budget.
+    s = measure_latency(tiny, (torch.randn(8, 16),), warmup=1, min_run_time=budget)
+    assert s.n_samples >= MIN_SAMPLES and s.calls_per_sample >= 1
+    p = measure_paired(tiny, tiny, (torch.randn(8, 16),), warmup=1, min_run_time=budget, rounds=2)
+    assert p.candidate.n_samples >= 2 * PAIRED_MIN_SAMPLES
+    assert p.reference.n_samples >= 2 * PAIRED_MIN_SAMPLES
 
 
 def test_measure_latency_sets_and_restores_threads(tiny: nn.Module) -> None:
