@@ -102,7 +102,6 @@ def measure_latency(
     >>> s.median_ms > 0
     True
     """
-
     threads = threads or torch.get_num_threads()
     device = model_device(model)
     prev = torch.get_num_threads()
