@@ -11,6 +11,8 @@ rich markup, terminal control sequences, Markdown, HTML or a spreadsheet formula
 - :func:`plotly_label`: plotly.js reads trace names, titles and tick labels as pseudo-HTML.
 - :func:`matplotlib_label`: matplotlib reads ``$...$`` as mathtext.
 - :func:`csv_cell` / :func:`csv_frame`: formula prefixes for spreadsheets.
+- :func:`redact_uris`: credentials in URIs (``s3://KEY:SECRET@bucket``, ``?X-Amz-Signature=``)
+  before a path the user gave is printed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "markdown",
     "matplotlib_label",
     "plotly_label",
+    "redact_uris",
     "rich_markup",
     "terminal",
 ]
@@ -40,10 +43,30 @@ _MD_PUNCT = re.compile(r"([\\`*\[\]|~$])")  # $: GitHub renders $...$ as math
 # An underscore opens or closes emphasis only at a word boundary (GFM), so ``latency_ms`` stays.
 _MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+# The userinfo of a URL runs to its last '@' before the query: a pasted password may hold '/'.
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s?#'\"]*@")
+_SECRET_VALUE = re.compile(
+    r"(?<![\w.-])((?:[\w.-]*(?:password|passwd|pwd|secret|token|credential|signature|key|auth)[\w.-]*"
+    r"|sig|sas)=)[^&\s#'\"]+", re.I)
 
 
 def _visible(m: re.Match[str]) -> str:
     return m.group(0).encode("unicode_escape").decode("ascii")
+
+
+def redact_uris(text: object) -> str:
+    """Hide the whole userinfo of every URL in ``text`` and every secret-looking query value.
+
+    Stricter than the sweep's ``redact`` (which keeps the user name): analysis only prints the
+    paths it was given, so when in doubt more is hidden, never less.
+
+    >>> redact_uris("cannot open 's3://AKIA:se/cr@t@bucket/out?region=eu&X-Amz-Signature=f0'")
+    "cannot open 's3://***@bucket/out?region=eu&X-Amz-Signature=***'"
+    >>> redact_uris("runs/digits")
+    'runs/digits'
+    """
+    text = _SECRET_VALUE.sub(lambda m: f"{m.group(1)}***", str(text))
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}***@", text)
 
 
 def terminal(value: object) -> str:

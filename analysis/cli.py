@@ -27,7 +27,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ._escape import csv_frame, terminal
+from ._escape import csv_frame, redact_uris, terminal
 from .errors import AnalysisError, AnalysisWarning
 
 __all__ = ["register"]
@@ -118,7 +118,7 @@ def _notes(pr: Any) -> None:
 
 
 def pareto_cmd(
-    path: Annotated[Path, typer.Argument(help="sweep OUT dir, OUT/results, or a .parquet file")],
+    path: Annotated[str, typer.Argument(help="sweep OUT dir, OUT/results, a .parquet file, or a URI (s3://...)")],
     objective: ObjectiveOpt = None,
     constraint: ConstraintOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv")] = "table",
@@ -215,7 +215,7 @@ def _print_table(front: Any, pr: Any) -> None:
 
 
 def report_cmd(
-    path: Annotated[Path, typer.Argument(help="sweep OUT dir, OUT/results, or a .parquet file")],
+    path: Annotated[str, typer.Argument(help="sweep OUT dir, OUT/results, a .parquet file, or a URI (s3://...)")],
     out: Annotated[Path, typer.Option("--out", help="HTML file; report.md + PNGs go next to it")]
     = Path("report.html"),
     objective: ObjectiveOpt = None,
@@ -235,7 +235,7 @@ def report_cmd(
 
 
 def compare_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="two or more sweep OUT dirs or files")],
+    paths: Annotated[list[str], typer.Argument(help="two or more sweep OUT dirs, files or URIs")],
     out: Annotated[Path, typer.Option("--out", help="HTML file")] = Path("compare.html"),
     objective: ObjectiveOpt = None,
     constraint: ConstraintOpt = None,
@@ -267,7 +267,7 @@ TrustOpt = Annotated[
 
 
 def export_cmd(
-    path: Annotated[Path, typer.Argument(help="sweep OUT dir (with sweep.json and results/)")],
+    path: Annotated[str, typer.Argument(help="local sweep OUT dir (with sweep.json and results/)")],
     trial: Annotated[int | None, typer.Option("--trial", help="trial_number to export (-1: baseline)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="artifact path; PATH.json is the sidecar")] = None,
     front: Annotated[Path | None, typer.Option("--front", help="write every front model into this folder")]
@@ -280,6 +280,7 @@ def export_cmd(
     """Re-apply a trial's recipe to the sweep's model and write a deployable artifact."""
     from .export import export_trial
 
+    _local_out(path, "export")
     if front is not None:
         from .verify import export_front
 
@@ -298,12 +299,18 @@ def export_cmd(
         typer.echo(f"{key:14}{_num(rec):>12}{_num(got):>12}")
 
 
+def _local_out(path: str, command: str) -> None:
+    if "://" in path:
+        raise AnalysisError(f"{command} needs a local sweep OUT (it rebuilds models from OUT/sweep.json and "
+                            f"writes beside it); got {redact_uris(path)!r}: copy the folder here first")
+
+
 def _num(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
 def verify_cmd(
-    path: Annotated[Path, typer.Argument(help="sweep OUT dir (with sweep.json and results/)")],
+    path: Annotated[str, typer.Argument(help="local sweep OUT dir (with sweep.json and results/)")],
     trial: Annotated[list[int] | None, typer.Option("--trial", help="trial to verify; repeat (default: the front)")]
     = None,
     tolerance: Annotated[float, typer.Option(help="relative speedup difference that is flagged")] = 0.10,
@@ -318,6 +325,7 @@ def verify_cmd(
     """
     from .verify import verify
 
+    _local_out(path, "verify")
     if rounds < 1 or min_run_time <= 0:
         raise AnalysisError("--rounds must be >= 1 and --min-run-time > 0")
     records = verify(path, trial, tolerance=tolerance, config=config, trust=trust, rounds=rounds,

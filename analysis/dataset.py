@@ -32,6 +32,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ._escape import redact_uris
 from .errors import AnalysisError, DamagedFileWarning
 from .schema import (
     BASELINE_TRIAL,
@@ -153,14 +154,20 @@ def load_results(path: str | Path) -> Results:
     >>> results = load_results("runs/digits")      # doctest: +SKIP
     >>> results.frame[["trial_number", "latency_ms"]].head()  # doctest: +SKIP
     """
+    source = redact_uris(path)  # what messages and the report name: never a URI's credentials
     if "://" in str(path):
-        remote, fs = _find_remote(str(path))
-        table, skipped = _read_table(remote, fs)
+        try:
+            remote, fs = _find_remote(str(path))
+            table, skipped = _read_table(remote, fs)
+        except AnalysisError as e:
+            raise AnalysisError(redact_uris(e)) from None
+        except (OSError, pa.ArrowException) as e:  # unreachable store, refused credentials
+            raise AnalysisError(redact_uris(f"cannot read {source!r}: {_first_line(e)}")) from None
     else:
         table, skipped = _read_table([str(f) for f in find_parquet_files(path)])
     meta = dict(table.schema.metadata or {})
-    frame = _to_pandas(table, str(path))
-    return results_from_frame(frame, metadata=meta, source=str(path), skipped=skipped)
+    frame = _to_pandas(table, source)
+    return results_from_frame(frame, metadata=meta, source=source, skipped=skipped)
 
 
 def _to_pandas(table: pa.Table, source: str) -> pd.DataFrame:

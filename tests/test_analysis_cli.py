@@ -38,6 +38,20 @@ def test_pareto_table(app: typer.Typer, run: Path) -> None:
     assert "Pareto front" in res.output and "latency_ms:min" in res.output
 
 
+def test_uris_stay_strings(app: typer.Typer, run: Path, tmp_path: Path) -> None:
+    # A Path argument would turn "file:///abs/out" into "file:/abs/out" (and s3:// into s3:/).
+    uri = run.resolve().as_uri()
+    assert uri.startswith("file:///")
+    res = invoke(app, "pareto", uri, "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == json.loads(invoke(app, "pareto", run, "--format", "json").stdout)
+    res = invoke(app, "report", uri, "--out", tmp_path / "r.html")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.html").exists()
+    res = invoke(app, "compare", uri, run, "--out", tmp_path / "c.html")
+    assert res.exit_code == 0, res.output
+
+
 def test_pareto_json_rows_have_trial_number(app: typer.Typer, run: Path) -> None:
     res = invoke(app, "pareto", run, "--format", "json")
     assert res.exit_code == 0, res.output

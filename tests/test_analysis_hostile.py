@@ -164,3 +164,25 @@ def test_csv_frame_protects_headers_too() -> None:
 
     out = csv_frame(pd.DataFrame({"=cmd": ["+x"], "ok": [-3]}))
     assert list(out.columns) == ["'=cmd", "ok"] and out.iloc[0].tolist() == ["'+x", -3]
+
+
+@pytest.mark.parametrize("uri", [
+    "s3://AKIAXXXX:se/cr@t@no-such-bucket-optsweep/out",
+    "file:///no/such/out?X-Amz-Signature=f00ba7&sig=abc",
+    "gs://user:hunter2@bucket/out",
+])
+def test_credentials_in_a_results_uri_are_never_printed(app: typer.Typer, uri: str) -> None:
+    res = invoke(app, "pareto", uri)
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1, res.output
+    for secret in ("se/cr@t", "f00ba7", "sig=abc", "hunter2", "AKIAXXXX"):
+        assert secret not in res.output
+
+
+def test_redact_uris_hides_userinfo_and_secret_query_values() -> None:
+    from analysis._escape import redact_uris
+
+    assert redact_uris("s3://K:p/w@b@bucket/x?region=eu&account_key=z") == \
+        "s3://***@bucket/x?region=eu&account_key=***"
+    assert redact_uris("see 'https://u:p@h/a' and 'file:///tmp/x'") == "see 'https://***@h/a' and 'file:///tmp/x'"
+    assert redact_uris("runs/digits") == "runs/digits"
