@@ -224,8 +224,8 @@ def test_submit_runs_to_completion_and_results_read_back(ray_head: Head, tmp_pat
 
 
 def test_no_wait_status_logs_stop_then_resume(ray_head: Head, tmp_path: Path) -> None:
-    n = 10
-    cfg = _sweep(tmp_path, n, min_run_time_s=1.5, name="tiny-stop")
+    n = 6
+    cfg = _sweep(tmp_path, n, min_run_time_s=1.0, name="tiny-stop")
     out = tmp_path / "runs" / "tiny"
     r = optsweep(ray_head, "submit", str(cfg), "--no-wait")
     assert r.returncode == 0, r.stderr
