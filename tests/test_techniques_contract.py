@@ -94,6 +94,18 @@ def test_a_stage_that_ran_says_what_it_changed(applied: Any) -> None:
     assert all(stage.effective.get(k) == v for k, v in tech.selector.items())
 
 
+def test_int8_weights_make_the_model_smaller(applied: Any, digits_mlp: nn.Module) -> None:
+    # What size_bytes counts is what ships: an int8 model that still holds its fp32 weights
+    # (PT2E's convert leaves them on the graph, unread) is not smaller, whatever its label says.
+    from optimizers._utils import model_size_bytes
+
+    tech, out, _, _ = applied
+    if tech.stage != "quantize":
+        pytest.skip("not a quantization stage")
+    ratio = model_size_bytes(out) / model_size_bytes(digits_mlp)
+    assert ratio < 0.5, f"{_id(tech)}: int8 model is {ratio:.2f}x the fp32 model's size"
+
+
 def _variants(tech: Technique) -> list[dict[str, Any]]:
     base = default_params(tech)
     out = [base]
