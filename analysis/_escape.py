@@ -43,10 +43,11 @@ _MD_PUNCT = re.compile(r"([\\`*\[\]|~$])")  # $: GitHub renders $...$ as math
 # An underscore opens or closes emphasis only at a word boundary (GFM), so ``latency_ms`` stays.
 _MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
-# The userinfo of a URL runs to its last '@' before the query: a pasted password may hold '/'.
-_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s?#'\"]*@")
+# A pasted password may hold '/', '?', '#', quotes or spaces: the userinfo is taken to run to the
+# last '@' on the line. That hides too much when a path holds an '@', never too little.
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\n]*@")
 _SECRET_VALUE = re.compile(
-    r"(?<![\w.-])((?:[\w.-]*(?:password|passwd|pwd|secret|token|credential|signature|key|auth)[\w.-]*"
+    r"(?<![\w.-])((?:[\w.-]*(?:pass|pwd|secret|token|credential|signature|key|auth|jwt|bearer|session)[\w.-]*"
     r"|sig|sas)=)[^&\s#'\"]+", re.I)
 
 

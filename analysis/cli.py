@@ -251,7 +251,7 @@ def compare_cmd(
 
     class _P:  # what _print_table needs from a ParetoResult
         table = fronts.assign(eligible=True)
-        objectives = ("fronts of " + ", ".join(map(str, paths)),)
+        objectives = ("fronts of " + ", ".join(redact_uris(p) for p in paths),)
         ties: list[Any] = []
 
     _print_table(fronts[cols], _P)

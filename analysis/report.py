@@ -562,8 +562,10 @@ def compare_fronts(
                           noise_aware=noise_aware)
         objs = pr.objectives
         f = front_table(pr)
-        f.insert(0, "label", [f"{g} ({Path(src).name})" for g in f["group"]])
-        f.insert(1, "run", str(src))
+        shown = results.source  # the path as given, credentials hidden
+        name = shown.rstrip("/").rsplit("/", 1)[-1] or shown
+        f.insert(0, "label", [f"{g} ({name})" for g in f["group"]])
+        f.insert(1, "run", shown)
         frames.append(f)
     assert objs is not None
     return pd.concat(frames, ignore_index=True), objs

@@ -51,6 +51,7 @@ TERMINAL = frozenset(EXIT_CODES)
 OUT_ENV = "OPTSWEEP_OUT"
 """The job's ``out``: an environment variable of its runtime env, read by ``optsweep run``."""
 _URL = re.compile(r"[A-Za-z][\w+.-]*://[^\s'\"<>]+")
+_LOOSE_USERINFO = re.compile(r"\b([A-Za-z][\w+.-]*://)[^/\s@]*:[^@\n]*@")
 _PACKAGES = ("optimizers", "sweep", "analysis")
 
 
@@ -70,6 +71,8 @@ def redact_text(text: str) -> str:
     'run c.yaml --out s3://***@bucket/x --token=***'
     """
     text = SECRET_QUERY.sub(lambda m: f"{m.group(1)}***", text)
+    # A password with a space or quote ends the URL token early: hide up to the line's last '@'.
+    text = _LOOSE_USERINFO.sub(lambda m: f"{m.group(1)}***@", text)
     return _URL.sub(lambda m: redact(m.group(0), keep_user=False) or "", text)
 
 

@@ -34,7 +34,7 @@ CONSTRAINT_KEYS = {
 }
 OUT_SCHEMES = ("s3", "gs", "hdfs", "abfs", "abfss")
 SECRET_QUERY = re.compile(  # KEY=VALUE where KEY looks like a secret: X-Amz-Signature, sig, account_key...
-    r"(?<![\w.-])((?:[\w.-]*(?:password|passwd|pwd|secret|token|credential|signature|key|auth)[\w.-]*"
+    r"(?<![\w.-])((?:[\w.-]*(?:pass|pwd|secret|token|credential|signature|key|auth|jwt|bearer|session)[\w.-]*"
     r"|sig|sas)=)[^&\s#'\"]+", re.I)
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 

@@ -252,8 +252,9 @@ def init_ray(address: str | None, config_dir: str) -> dict[str, float]:
                 ray.init(address=addr, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
                 from .cluster import first_line
+                from .config import redact
 
-                raise ConfigError(f"cannot connect to the Ray cluster at {addr} (from {source}): "
+                raise ConfigError(f"cannot connect to the Ray cluster at {redact(addr, keep_user=False)} (from {source}): "
                                   f"{first_line(exc)}") from None
         else:
             from .guard import core_lock_dir, private_dir

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from analysis._escape import redact_uris
 from sweep.cluster import OUT_ENV, build_submission, redact_text
 from sweep.config import redact
 
@@ -37,7 +38,7 @@ def test_redact(url: str, expected: str) -> None:
     assert redact(url) == expected
 
 
-_PW = st.text(st.sampled_from("abcXYZ019/@:?#%+=!$&;,"), min_size=1, max_size=24)
+_PW = st.text(st.sampled_from("abcXYZ019/@:?#%+=!$&;, '\"<>"), min_size=1, max_size=24)
 
 
 @given(password=_PW, user=st.sampled_from(["AKIA", "bob", "u"]),
@@ -45,18 +46,20 @@ _PW = st.text(st.sampled_from("abcXYZ019/@:?#%+=!$&;,"), min_size=1, max_size=24
 def test_no_userinfo_password_survives(password: str, user: str, tail: str) -> None:
     secret = f"PW{password}"
     url = f"s3://{user}:{secret}@{tail}"
-    for out in (redact(url), redact(url, keep_user=False), redact_text(f"--out {url} and more")):
+    for out in (redact(url), redact(url, keep_user=False), redact_text(f"--out {url} and more"),
+                redact_uris(url), redact_uris(f"cannot open '{url}': no such bucket")):
         assert out is not None and secret not in out
 
 
 @given(key=st.sampled_from(["aws_access_key_id", "aws_secret_access_key", "account_key", "X-Amz-Signature",
                             "X-Amz-Credential", "x-amz-security-token", "sig", "signature", "sas", "sas_token",
-                            "token", "password", "secret", "key", "credential", "session_token", "SecretKey"]),
+                            "token", "password", "secret", "key", "credential", "session_token", "SecretKey",
+                            "pass", "passphrase", "jwt", "bearer", "session", "apikey"]),
        value=st.text(st.sampled_from("abcXYZ019%/+=.-_~"), min_size=1, max_size=30))
 def test_no_secret_query_value_survives(key: str, value: str) -> None:
     secret = f"V{value}"
     url = f"s3://bucket/x?region=eu&{key}={secret}&scheme=http"
-    for out in (redact(url), redact_text(f"--out {url}")):
+    for out in (redact(url), redact_text(f"--out {url}"), redact_uris(url)):
         assert out is not None and secret not in out and "region=eu" in out and "scheme=http" in out
 
 
