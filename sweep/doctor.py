@@ -159,7 +159,11 @@ def _study_storage(diag: Diagnosis, writer: Any, storage: str | None, manifest: 
 
 def _check_study(diag: Diagnosis, writer: Any, storage: str | None, *, live: bool, fix: bool,
                  damaged: dict[str, str]) -> None:
-    text = writer.read_text("sweep.json")
+    try:
+        text = writer.read_text("sweep.json")
+    except (OSError, UnicodeDecodeError) as exc:
+        diag.notes.append(f"study not checked: sweep.json cannot be read ({type(exc).__name__})")
+        return
     if text is None:
         diag.notes.append("study not checked: no sweep.json (the study's name is unknown)")
         return

@@ -129,10 +129,10 @@ class Driver:
             "storage": redact(self.cfg.storage), "config": json.loads(_config_json(self.cfg)),
             "segment": self.segment,
         }
-        old = self.writer.read_text("sweep.json")
         try:
+            old = self.writer.read_text("sweep.json")
             segments = dict(json.loads(old).get("segments", {})) if old else {}
-        except (ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError):
             segments = {}
         segments[str(self.segment)] = {k: manifest[k] for k in ("config", "pruning", "quantization", "device")}
         manifest["segments"] = segments
@@ -150,6 +150,14 @@ class Driver:
         if stored != directions:
             raise ConfigError(f"config key 'objectives': directions {directions} differ from the existing study's "
                               f"{stored} in {redact(self.out)}; use a new 'out' or 'name'")
+        # The study is told values in objective order: a reordered objectives map would swap them.
+        names = list(self.cfg.objectives)
+        if study.metric_names is None:
+            study.set_metric_names(names)
+        elif list(study.metric_names) != names:
+            raise ConfigError(f"config key 'objectives': order {names} differs from the existing study's "
+                              f"{list(study.metric_names)} in {redact(self.out)}; keep the order, or use a new "
+                              "'out' or 'name'")
         return study
 
     def _reconcile(self, study: optuna.Study) -> int:

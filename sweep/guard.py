@@ -149,12 +149,27 @@ def _locked_error(out: str, holder: Mapping[str, Any] | None, extra: str = "") -
                           f"({describe_holder(holder)}){extra}; run one driver per out, or wait for it to end")
 
 
+_MAX_EXPIRES = 253402300799.0  # 9999-12-31T23:59:59Z, the last time a datetime can show
+
+
 def _parse_holder(data: bytes | str) -> dict[str, Any] | None:
     try:
         holder = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return None
-    return holder if isinstance(holder, dict) else None
+    if not isinstance(holder, dict):
+        return None
+    # The file is data anyone with write access to out may have edited: a lease's expiry must be a
+    # finite time a datetime can show, or it is treated as expired.
+    expires = holder.get("expires")
+    if expires is not None:
+        try:
+            ok = isinstance(expires, (int, float)) and not isinstance(expires, bool) and 0 <= expires < _MAX_EXPIRES
+        except TypeError:
+            ok = False
+        if not ok:
+            holder["expires"] = 0.0
+    return holder
 
 
 def _pid_dead_here(holder: Mapping[str, Any]) -> bool:
@@ -188,6 +203,19 @@ class OutLock:
         raise NotImplementedError
 
 
+def _unusable_lock(out: str, exc: OSError) -> ConfigError:
+    """One line for a lock file optsweep will not or cannot use (exit 2)."""
+    where = f"{_redacted(out)}/{LOCK_NAME}"
+    if exc.errno == errno.ELOOP:
+        why = "is a symlink; optsweep never writes through one: remove it"
+    elif exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        why = ("cannot be locked: this filesystem has no flock; use a local folder, or an object store URI "
+               "(which takes a lease instead)")
+    else:
+        why = f"cannot be opened: {os.strerror(exc.errno) if exc.errno else exc}"
+    return ConfigError(f"config key 'out': {where} {why}")
+
+
 class FileLock(OutLock):
     """``flock(LOCK_EX | LOCK_NB)`` on ``OUT/.optsweep.lock``; the file holds the holder as JSON.
 
@@ -202,7 +230,10 @@ class FileLock(OutLock):
         self.path = os.path.join(out, LOCK_NAME)
         os.makedirs(out, exist_ok=True)
         while True:
-            fd = open_lock_file(self.path)
+            try:
+                fd = open_lock_file(self.path)
+            except OSError as exc:
+                raise _unusable_lock(out, exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -210,7 +241,7 @@ class FileLock(OutLock):
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise _locked_error(out, holder) from None
-                raise
+                raise _unusable_lock(out, exc) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
@@ -380,6 +411,8 @@ def probe_out_lock(out: str) -> tuple[str, dict[str, Any] | None]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return "free", None
+    except OSError as exc:  # a symlink or unreadable file where the lock should be
+        raise _unusable_lock(out, exc) from None
     try:
         holder = _parse_holder(os.pread(fd, 4096, 0))
         if held_here(out):
@@ -509,7 +542,11 @@ def resume_segment(writer: Any, cfg: SweepConfig, new_settings: bool = False) ->
     """The segment id for this run of ``cfg`` on ``writer``'s out: :func:`check_drift` against
     ``sweep.json`` when the out has one, else the new settings' :func:`segment_id`. Raises
     :class:`ConfigError` for refused drift and for a ``sweep.json`` that cannot be read."""
-    text = writer.read_text("sweep.json")
+    try:
+        text = writer.read_text("sweep.json")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{_redacted(str(writer.out))}/sweep.json cannot be read ({type(exc).__name__}); "
+                          "restore it or use a new 'out'") from None
     if text is None:
         return segment_id(cfg)
     try:

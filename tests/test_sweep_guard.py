@@ -160,7 +160,7 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path: Pa
     dead = subprocess.Popen(["true"])
     dead.wait()
     holder = {"host": socket.gethostname(), "pid": dead.pid, "started": "2025-01-01T00:00:00Z", "id": "x",
-              "expires": 9e12}
+              "expires": 9e10}
     (tmp_path / LEASE_NAME).write_text(json.dumps(holder))
     uri = f"file://{tmp_path}"
     assert probe_out_lock(uri) == ("stale", holder)
@@ -300,6 +300,33 @@ def test_resume_segment_reads_the_manifest(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"{w.out}/sweep.json is not a sweep manifest (no 'config'); "
                                                     "restore it or use a new 'out'")):
         resume_segment(w, _cfg(), False)
+
+
+def test_hostile_lock_and_manifest_files_are_one_line_errors(tmp_path: Path) -> None:
+    from sweep.guard import resume_segment
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").write_text("x")
+    (out / LOCK_NAME).symlink_to(tmp_path / "elsewhere")
+    msg = re.escape(f"config key 'out': {out}/{LOCK_NAME} is a symlink; optsweep never writes through one: remove it")
+    with pytest.raises(ConfigError, match=f"^{msg}$"):
+        FileLock(str(out))
+    with pytest.raises(ConfigError, match=f"^{msg}$"):
+        probe_out_lock(str(out))
+    assert (tmp_path / "elsewhere").read_text() == "x"  # not written through
+    w = ResultsWriter(tmp_path / "out2", {"latency_ms": "minimize"}, {}, "d")
+    (tmp_path / "out2" / "sweep.json").write_bytes(b"\xff\xfe{not utf-8")
+    with pytest.raises(ConfigError, match=re.escape(f"{w.out}/sweep.json cannot be read (UnicodeDecodeError); "
+                                                    "restore it or use a new 'out'")):
+        resume_segment(w, _cfg(), False)
+
+
+@pytest.mark.parametrize("expires", ["soon", 1e300, float("nan"), True, [1], -5])
+def test_a_lease_with_a_hostile_expiry_reads_as_expired(expires: object) -> None:
+    holder = guard._parse_holder(json.dumps({"host": "h", "pid": 1, "started": "t", "expires": expires}))
+    assert holder is not None and holder["expires"] == 0.0
+    assert describe_holder(holder) == "host h, pid 1, started t"
 
 
 # -- writes ------------------------------------------------------------------------------------
