@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,9 @@ class Driver:
         # The study is told values in objective order: a reordered objectives map would swap them.
         names = list(self.cfg.objectives)
         if study.metric_names is None:
-            study.set_metric_names(names)
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(names)
         elif list(study.metric_names) != names:
             raise ConfigError(f"config key 'objectives': order {names} differs from the existing study's "
                               f"{list(study.metric_names)} in {redact(self.out)}; keep the order, or use a new "

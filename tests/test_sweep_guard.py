@@ -362,3 +362,20 @@ def test_damaged_row_files_are_moved_aside_and_named(tmp_path: Path, caplog: pyt
     (w.dir / "trial-000002.parquet").write_bytes(b"damaged again")
     assert w.quarantine_damaged() == ["trial-000002.parquet"]
     assert (w.dir / ".damaged" / "trial-000002.parquet.1").exists()  # the earlier copy is kept
+
+
+def test_reordered_objectives_are_refused_on_resume(tmp_path: Path) -> None:
+    # Same directions, swapped names: without the stored names the study would be told swapped values.
+    from sweep.driver import Driver
+
+    first = {"latency_ms": "minimize", "size_bytes": "minimize"}
+    d = Driver(_cfg(objectives=first, out=str(tmp_path / "out")), tmp_path)
+    assert d._open_study().metric_names == ["latency_ms", "size_bytes"]
+    again = Driver(_cfg(objectives=dict(first), out=str(tmp_path / "out")), tmp_path)
+    assert again._open_study().metric_names == ["latency_ms", "size_bytes"]
+    swapped = Driver(_cfg(objectives={"size_bytes": "minimize", "latency_ms": "minimize"},
+                          out=str(tmp_path / "out")), tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(
+            "config key 'objectives': order ['size_bytes', 'latency_ms'] differs from the existing study's "
+            f"['latency_ms', 'size_bytes'] in {tmp_path / 'out'}; keep the order, or use a new 'out' or 'name'")):
+        swapped._open_study()
