@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write
 from .errors import AnalysisError
 
 __all__ = ["ExportResult", "export_trial", "load_artifact", "FORMATS"]
@@ -243,7 +244,7 @@ def export_trial(
             measured.update(_measure(loaded, dev_inputs, evaluate, row))
     needs = sorted({t.load_requires for t in REGISTRY.plan(recipe.to_dict(), device)[0] if t.load_requires})
     sidecar = Path(f"{path}.json")
-    sidecar.write_text(json.dumps({
+    atomic_write(sidecar, json.dumps({
         "format": fmt,
         "load": LOAD_SNIPPETS.get(fmt, ""),
         "load_requires": needs or ["torch"],

@@ -16,6 +16,7 @@ mathtext) and Markdown (``analysis/_escape.py``).
 from __future__ import annotations
 
 import html
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ._escape import markdown, matplotlib_label, plotly_label
+from ._io import atomic_write
 from .dataset import Results, load_results
 from .pareto import (
     Constraint,
@@ -389,6 +391,12 @@ def _summary(results: Results, pareto: ParetoResult) -> dict[str, Any]:
     return summary
 
 
+def _save_png(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(path, buf.getvalue())
+
+
 def write_report(
     source: str | Path | Results,
     out: str | Path = "report.html",
@@ -450,7 +458,7 @@ def write_report(
         _html_table(env),
         "</body></html>",
     ]
-    out.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write(out, "\n".join(parts))
 
     md_path = out.with_suffix(".md")
     images: tuple[Path, ...] = ()
@@ -511,7 +519,7 @@ def _write_markdown(
         ax.set_title("Pareto front (first two objectives)")
         p = Path(f"{stem}-pareto.png")
         fig.tight_layout()
-        fig.savefig(p, dpi=100)
+        _save_png(fig, p)
         plt.close(fig)
         images.append(p)
     if not history.empty:
@@ -524,7 +532,7 @@ def _write_markdown(
         ax.legend(fontsize=8)
         p = Path(f"{stem}-hypervolume.png")
         fig.tight_layout()
-        fig.savefig(p, dpi=100)
+        _save_png(fig, p)
         plt.close(fig)
         images.append(p)
     lines = [f"# optsweep report: {markdown(summary['study'])}", ""]
@@ -534,7 +542,7 @@ def _write_markdown(
     lines += ["## Latency ties", "", _md_table(pareto.ties)]
     lines += ["## Failures", "", _md_table(failures)]
     lines += ["## Environment", "", _md_table(env)]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(path, "\n".join(lines))
     return tuple(images)
 
 
@@ -602,11 +610,11 @@ def write_compare(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     body = _figures_html([fig])[0]
-    out.write_text(
+    atomic_write(
+        out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>optsweep compare</title><style>{_CSS}</style></head><body>"
         f"<h1>Pareto fronts</h1>{body}<h2>Fronts</h2>{_html_table(fronts)}</body></html>",
-        encoding="utf-8",
     )
     return out, fronts
 

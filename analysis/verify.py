@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write
 from .errors import AnalysisError
 from .export import _num as _f
 
@@ -105,7 +106,7 @@ def verify(out: str | Path, trials: Sequence[int] | None = None, *, tolerance: f
                 rec["difference"] = got["speedup"] / want - 1.0
                 rec["within_tolerance"] = abs(rec["difference"]) <= tolerance
         records.append(rec)
-    (root / "verify.json").write_text(json.dumps({"tolerance": tolerance, "manifest": MANIFEST,
+    atomic_write(root / "verify.json", json.dumps({"tolerance": tolerance, "manifest": MANIFEST,
                                                   "trials": records}, indent=2))
     return records
 

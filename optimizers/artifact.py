@@ -133,8 +133,34 @@ def _dims(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def save(model: nn.Module, inputs: tuple[Any, ...], path: str | Path, fmt: str) -> None:
-    """Write ``model`` as ``fmt`` (see the module docstring)."""
-    path = str(path)
+    """Write ``model`` as ``fmt`` (see the module docstring).
+
+    The artifact is written to a fresh temp file beside ``path`` (``O_EXCL``), fsynced and renamed
+    over it: a reader never sees half an artifact and a symlink planted at ``path`` is replaced,
+    never written through.
+    """
+    import contextlib
+    import os
+    import tempfile
+
+    if fmt not in ALL_FORMATS:
+        raise ArtifactError(f"unknown artifact format {fmt!r}; expected one of {', '.join(ALL_FORMATS)}")
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _save(model, inputs, tmp, fmt)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _save(model: nn.Module, inputs: tuple[Any, ...], path: str, fmt: str) -> None:
     if fmt == "torch.export":
         dims = _dims(inputs)
         try:

@@ -197,3 +197,30 @@ def test_redact_uris_hides_userinfo_and_secret_query_values() -> None:
         "s3://***@bucket/x?region=eu&account_key=***"
     assert redact_uris("see 'https://u:p@h/a' and 'file:///tmp/x'") == "see 'https://***@h/a' and 'file:///tmp/x'"
     assert redact_uris("runs/digits") == "runs/digits"
+
+
+def test_reports_replace_a_planted_symlink_never_write_through_it(app: typer.Typer, tmp_path: Path) -> None:
+    run = hostile_run(tmp_path / "run", ["cpu"])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "rep"
+    out.mkdir()
+    for name in ("report.html", "report.md", "report-pareto.png", "c.html"):
+        (out / name).symlink_to(victim)
+    assert invoke(app, "report", run, "--out", out / "report.html").exit_code == 0
+    assert invoke(app, "compare", run, run, "--out", out / "c.html").exit_code == 0
+    assert victim.read_text() == "precious"
+    for name in ("report.html", "report.md", "c.html"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temp files left
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    from analysis._io import atomic_write
+
+    target = tmp_path / "verify.json"
+    atomic_write(target, "old")
+
+    with pytest.raises(TypeError):
+        atomic_write(target, object())  # type: ignore[arg-type]
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["verify.json"]
