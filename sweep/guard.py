@@ -78,8 +78,16 @@ def secure_dir(path: str, what: str, hint: str) -> str:
     return path
 
 
+PRIVATE_DIR_ENV = "OPTSWEEP_PRIVATE_DIR"
+
+
 def private_root() -> str:
-    """``/tmp/optsweep-<uid>``: short (Ray's socket paths have a length limit) and per user."""
+    """``OPTSWEEP_PRIVATE_DIR``, else ``/tmp/optsweep-<uid>``: short (Ray's socket paths have a
+    length limit) and per user. Another user can create ``/tmp/optsweep-<uid>`` first (``/tmp``
+    is shared), and it is then refused; the variable is the way out that needs nobody's help."""
+    explicit = os.environ.get(PRIVATE_DIR_ENV)
+    if explicit:
+        return os.path.abspath(explicit)
     base = "/tmp" if os.path.isdir("/tmp") else os.path.realpath(os.environ.get("TMPDIR", "."))
     return os.path.join(base, f"optsweep-{os.geteuid()}")
 
@@ -88,7 +96,7 @@ def private_dir(*parts: str) -> str:
     """This user's folder ``/tmp/optsweep-<uid>/<parts...>``; the root is checked as
     :func:`secure_dir` (sub-folders inherit its protection: nobody else can traverse it)."""
     path = secure_dir(private_root(), "optsweep's private folder",
-                      "remove it (it belongs to nobody else's optsweep) or run as its owner")
+                      f"set {PRIVATE_DIR_ENV} to a folder of your own (or remove it, if it is yours)")
     for part in parts:
         path = os.path.join(path, part)
         with contextlib.suppress(FileExistsError):

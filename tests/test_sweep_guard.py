@@ -68,6 +68,20 @@ def test_secure_dir_refuses_another_users_folder(tmp_path: Path) -> None:
         secure_dir(str(theirs), "core lock folder", "fix it")
 
 
+def test_a_squatted_private_folder_is_refused_with_a_way_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squat = tmp_path / "squatted"
+    squat.mkdir(mode=0o777)
+    squat.chmod(0o777)  # what another user's pre-made /tmp/optsweep-<uid> looks like to us
+    monkeypatch.setenv(guard.PRIVATE_DIR_ENV, str(squat))
+    with pytest.raises(UnsafeDirError, match=re.escape(
+            f"optsweep's private folder {str(squat)!r} is writable by others (mode 0777); "
+            f"set {guard.PRIVATE_DIR_ENV} to a folder of your own (or remove it, if it is yours)")):
+        guard.private_dir("cores")
+    monkeypatch.setenv(guard.PRIVATE_DIR_ENV, str(tmp_path / "mine"))
+    assert guard.private_dir("cores") == str(tmp_path / "mine" / "cores")
+    assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
+
+
 def test_core_locks_live_in_a_private_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
     import torch
