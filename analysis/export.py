@@ -138,11 +138,16 @@ def code_refs(root: Path, manifest: dict[str, Any], config: str | Path | None, t
     return {k: manifest.get(k) for k in CODE_KEYS}, str(manifest.get("config_dir") or root)
 
 
-def _row(out: Path, trial: int) -> dict[str, Any]:
+def _row(out: Path, trial: int, segment: str | None = None) -> dict[str, Any]:
+    """The row of ``trial``; for the baseline, which each ``--new-settings`` segment has its own
+    of, the one of ``segment`` (the out's current settings) when there are several."""
     from .dataset import load_results
 
     frame = load_results(out).frame
     rows = frame[frame["trial_number"] == trial]
+    if len(rows) > 1 and segment is not None and "segment" in rows:
+        mine = rows[rows["segment"] == segment]
+        rows = mine if not mine.empty else rows
     if rows.empty:
         have = frame["trial_number"].dropna().astype(int)
         raise AnalysisError(
@@ -192,7 +197,7 @@ def export_trial(
     if out.name == "results" and not (out / MANIFEST).exists():
         out = out.parent
     root, manifest = _manifest(out)
-    row = _row(root, trial)
+    row = _row(root, trial, manifest.get("segment") if isinstance(manifest.get("segment"), str) else None)
     refs, base_dir = code_refs(root, manifest, config, trust)
 
     def resolve(key: str) -> Any:

@@ -118,6 +118,8 @@ class Driver:
         self.scheduler = Scheduler()
         self.exhausted = False
         self.baseline: dict[str, Any] | None = None
+        self._first_segment: str | None = None
+        self._my_rows: set[int] = set()  # trial numbers of this segment's rows (resume)
 
     # -- setup ---------------------------------------------------------------------------------
     def _write_manifest(self) -> None:
@@ -192,8 +194,9 @@ class Driver:
         distinct = 0
         for n in sorted(have):
             row = self.writer.read(n)
-            if row is None:
+            if row is None or not self._mine(row):  # another segment's rows: other settings
                 continue
+            self._my_rows.add(n)
             if row.get("duplicate_of") is None:
                 distinct += 1
             if row["state"] in ("COMPLETE", "INFEASIBLE") and row.get("duplicate_of") is None:
@@ -238,7 +241,28 @@ class Driver:
         with out_lock(self.out) as lock:
             self._lock = lock
             self.segment = resume_segment(self.writer, self.cfg, self.new_settings)  # before any write
+            self._first_segment = self._read_first_segment()
             return self._run()
+
+    def _read_first_segment(self) -> str | None:
+        """The segment that rows without one belong to: the out's first (an older optsweep wrote
+        its rows and baseline without a segment column)."""
+        from .guard import segment_id
+
+        try:
+            old = json.loads(self.writer.read_text("sweep.json") or "{}")
+            segments = old.get("segments") or {}
+            if segments:
+                return str(next(iter(segments)))  # JSON keeps insertion order
+            if isinstance(old.get("config"), dict):
+                return segment_id(old["config"])
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+        return self.segment
+
+    def _mine(self, row: dict[str, Any]) -> bool:
+        """Whether ``row`` was measured under this run's settings (its segment)."""
+        return (row.get("segment") or self._first_segment) == self.segment
 
     def _run(self) -> SweepSummary:
         from . import executor
@@ -370,6 +394,8 @@ class Driver:
         # Keys here compare requested recipes (``auto`` unresolved): the grid lists requests.
         existing = set()
         for t in study.get_trials(deepcopy=False):
+            if t.state != TrialState.WAITING and t.number not in self._my_rows:
+                continue  # another segment's point: measured under other settings, so not done here
             # Enqueued (WAITING) trials hold their point in system attrs; asked ones in params.
             params = {**t.system_attrs.get("fixed_params", {}), **t.params}
             try:
@@ -380,12 +406,27 @@ class Driver:
             if to_recipe(params).key() not in existing:
                 study.enqueue_trial(params)
 
+    def _baseline_file_segment(self) -> str | None:
+        """Which baseline file is this segment's: ``None`` for ``baseline.parquet`` (the out's
+        first segment; rows of an older optsweep have no segment there), else the segment id
+        (``baseline-<segment>.parquet``). A segment's rows are relative to its own baseline:
+        new settings (model, data, device, measure) mean a new untouched model."""
+        first = self.writer.read(BASELINE_TRIAL)
+        if first is None:
+            return None
+        owner = first.get("segment") or self._first_segment
+        return None if owner in (None, self.segment) else self.segment
+
     def _baseline(self, pool: _Pool, payload_ref: list[Any], spec: TrialSpec) -> dict[str, Any]:
-        row = self.writer.read(BASELINE_TRIAL)
+        seg_file = self._baseline_file_segment()
+        row = self.writer.read(BASELINE_TRIAL, baseline_segment=seg_file)
         if row is None or row["state"] != "COMPLETE":
             row = pool.run_sync(payload_ref, TrialSpec(**{**spec.__dict__, "trial_number": BASELINE_TRIAL}), None,
                                 self.cfg.trial_timeout_s, self._check_stop)
-            self.writer.write(row)
+            row["segment"] = self.segment
+            self.writer.write(row, baseline_segment=seg_file)
+        elif not row.get("segment"):
+            row["segment"] = self.segment  # an older optsweep's baseline: its first segment's
         if row["state"] != "COMPLETE":
             raise SweepError(f"the baseline (untouched model) failed: {row.get('error')}")
         self.progress.baseline(row)

@@ -3,6 +3,7 @@
 Layout of ``OUT/``::
 
     results/baseline.parquet        the untouched model (trial_number -1)
+    results/baseline-<segment>.parquet  the untouched model of a --new-settings segment
     results/trial-000012.parquet    one file per finished trial, any state
     results/.damaged/               unreadable row files moved aside on resume (re-run)
     sweep.json                      how to rebuild the model (for export), redacted config
@@ -138,16 +139,20 @@ class ResultsWriter:
         self.schema = schema_with_metadata(objectives, constraints, study_name)
 
     @staticmethod
-    def _name(trial_number: int) -> str:
-        return "baseline.parquet" if trial_number == BASELINE_TRIAL else f"trial-{trial_number:06d}.parquet"
+    def _name(trial_number: int, baseline_segment: str | None = None) -> str:
+        """``trial-000012.parquet``; the baseline is ``baseline.parquet``, or, for a segment
+        started with ``--new-settings`` (its own untouched model), ``baseline-<segment>.parquet``."""
+        if trial_number == BASELINE_TRIAL:
+            return f"baseline-{baseline_segment}.parquet" if baseline_segment else "baseline.parquet"
+        return f"trial-{trial_number:06d}.parquet"
 
     def path_for(self, trial_number: int) -> Path:
         return self.dir / self._name(trial_number)
 
-    def write(self, row: Mapping[str, Any]) -> str:
-        """Write one row atomically; returns its path."""
+    def write(self, row: Mapping[str, Any], *, baseline_segment: str | None = None) -> str:
+        """Write one row atomically; returns its path. ``baseline_segment``: see :meth:`_name`."""
         table = to_table([row], self.schema)
-        name = self._name(int(row["trial_number"]))
+        name = self._name(int(row["trial_number"]), baseline_segment)
         if self.remote:
             path = f"{self._rdir}/{name}"
             pq.write_table(table, path, filesystem=self.fs)  # one object, visible once complete
@@ -213,10 +218,10 @@ class ResultsWriter:
             return None
         return pq.read_table(local).to_pylist()  # type: ignore[no-any-return]
 
-    def read(self, trial_number: int) -> dict[str, Any] | None:
+    def read(self, trial_number: int, *, baseline_segment: str | None = None) -> dict[str, Any] | None:
         """The row of one trial; ``None`` when it has none, or (with a warning naming the file)
         when its file is unreadable: :meth:`quarantine_damaged` moves such files aside."""
-        name = self._name(trial_number)
+        name = self._name(trial_number, baseline_segment)
         try:
             rows = self._read_rows(name)
         except (OSError, ValueError, pa.ArrowException) as exc:
@@ -226,7 +231,7 @@ class ResultsWriter:
 
     def _row_names(self) -> list[str]:
         return sorted(n for n in self._names()
-                      if n.endswith(".parquet") and (n.startswith("trial-") or n == "baseline.parquet"))
+                      if n.endswith(".parquet") and self.number_of(n) is not None)
 
     def find_damaged(self) -> dict[str, str]:
         """Row files that cannot be read back as one row: ``{file name: reason}``.
@@ -274,9 +279,11 @@ class ResultsWriter:
 
         >>> ResultsWriter.number_of("trial-000012.parquet"), ResultsWriter.number_of("notes.txt")
         (12, None)
+        >>> ResultsWriter.number_of("baseline-3f2a9c01de.parquet")
+        -1
         """
         stem = name.split(".parquet", 1)[0]
-        if stem == "baseline" and name != stem:
+        if (stem == "baseline" or (stem.startswith("baseline-") and stem[9:].isalnum())) and name != stem:
             return BASELINE_TRIAL
         if stem.startswith("trial-") and stem[6:].isdigit() and name != stem:
             return int(stem[6:])

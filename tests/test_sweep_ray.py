@@ -187,3 +187,35 @@ def test_repeats_cost_no_budget_and_resume_stays_exact(tmp_path: Path) -> None:
     assert bigger.exhausted and bigger.distinct == int(trials.duplicate_of.isna().sum()) <= 4
     measured = trials[trials.duplicate_of.isna()]
     assert not measured.effective_recipe.duplicated().any()  # every distinct row is a distinct model
+
+
+def test_new_settings_start_a_segment_with_its_own_baseline(tmp_path: Path) -> None:
+    from analysis import load_results, pareto_front
+    from sweep.errors import ConfigError
+
+    out = tmp_path / "out"
+    run_sweep(config(tmp_path, n_trials=3, workers=1), MODELS, progress=False)
+    manifest, files = (out / "sweep.json").read_bytes(), sorted(p.name for p in (out / "results").iterdir())
+    changed = config(tmp_path, n_trials=3, workers=1, measure={"warmup": 1, "min_run_time_s": 0.03})
+    with pytest.raises(ConfigError, match=r"^config changed since this out was started: measure\.min_run_time_s "
+                                          r"\(0\.02 -> 0\.03\);.* pass --new-settings to start a new segment$"):
+        run_sweep(changed, MODELS, progress=False)
+    assert (out / "sweep.json").read_bytes() == manifest  # refused before any write
+    assert sorted(p.name for p in (out / "results").iterdir()) == files
+
+    run_sweep(changed, MODELS, progress=False, new_settings=True)
+    df = rows(out)
+    assert df.segment.notna().all() and df.segment.nunique() == 2
+    base = df[df.trial_number == -1].set_index("segment")
+    assert len(base) == 2  # each segment measured its own untouched model
+    names = sorted(p.name for p in (out / "results").glob("baseline*.parquet"))
+    assert len(names) == 2 and "baseline.parquet" in names and any(n.startswith("baseline-") for n in names)
+    trials = df[df.trial_number >= 0]
+    for seg, group in trials.groupby("segment"):
+        assert (group.baseline_latency_ms == base.loc[seg, "latency_ms"]).all()  # relative to its own
+        assert group.duplicate_of.isna().sum() == 3  # n_trials counts this segment's configurations
+        # a repeat points at a row of its own segment (-1: its own baseline), never another's
+        assert group.duplicate_of.dropna().isin([-1, *group.trial_number]).all()
+    pr = pareto_front(load_results(out))
+    groups = pr.table.groupby("group")["is_baseline"].sum()
+    assert len(groups) == 2 and (groups == 1).all()
