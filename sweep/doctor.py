@@ -193,12 +193,27 @@ def _check_study(diag: Diagnosis, writer: Any, storage: str | None, *, live: boo
     numbers = {t.number for t in trials}
     aside = writer.moved_aside()
     unreadable = {n for n in writer.existing_trials() if writer.path_for(n).name in damaged}
+    requeued = {int(t.user_attrs["requeued_from"]) for t in trials
+                if t.state == TrialState.WAITING and isinstance(t.user_attrs.get("requeued_from"), int)}
+
+    def requeue(t: Any) -> bool:
+        """Queue a lost trial's point again, as a resume does (once: a WAITING copy may exist)."""
+        if t.number in requeued or not t.params:
+            return t.number in requeued
+        study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+        requeued.add(t.number)
+        return True
+
     for t in trials:
         if t.number in unreadable:
             continue  # reported as damaged above
         if t.number in aside and t.number not in rows:
-            diag.notes.append(f"trial {t.number}'s row was moved aside as damaged: the sweep measures a new "
-                              "trial in its place")
+            if fix and not live and requeue(t):
+                diag.notes.append(f"trial {t.number}'s row was moved aside as damaged: its point is queued, so "
+                                  "the next run measures it again")
+            else:
+                diag.notes.append(f"trial {t.number}'s row was moved aside as damaged: the next run measures "
+                                  "its point again")
             continue
         if t.number in rows:
             if t.state == TrialState.RUNNING and not live:
@@ -213,7 +228,7 @@ def _check_study(diag: Diagnosis, writer: Any, storage: str | None, *, live: boo
                 with contextlib.suppress(Exception):  # finished meanwhile: nothing to do
                     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
                 finding.fixed = True
-                finding.what += " (failed in the study)"
+                finding.what += " (failed in the study" + (", its point queued again)" if requeue(t) else ")")
         elif t.state == TrialState.COMPLETE:
             diag.findings.append(Finding("lost_row", f"trial {t.number} is COMPLETE in the study but has no row "
                                                      "(removed by hand?)", fixable=False))

@@ -34,6 +34,7 @@ def _out(tmp_path: Path, *, unfixable: bool) -> Path:
     study = _study(out)
     for n in range(4):
         trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
         if n == 0:
             w.write({"trial_number": 0, "state": "COMPLETE", "latency_ms": 1.0})
             study.tell(trial, 1.0)
@@ -82,9 +83,21 @@ def test_doctor_lists_problems_then_fixes_them(tmp_path: Path) -> None:
     assert lines[2].endswith(" (moved to results/.damaged/)")
     assert (out / "results" / ".damaged" / "trial-000002.parquet").exists()
     assert not (out / LOCK_NAME).exists()
-    assert _study(out).trials[1].state == TrialState.FAIL
-    assert _doctor(str(out)) == (0, ["note: trial 2's row was moved aside as damaged: the sweep measures a new "
-                                     "trial in its place", f"ok: {out} is healthy"], "")
+    assert lines[0] == "note: trial 2's row was moved aside as damaged: its point is queued, so the next run " \
+                       "measures it again"
+    assert lines[4] == ("fixed: orphan_running: trial 1 is RUNNING in the study, with no row and no driver "
+                        "(a dead driver's) (failed in the study, its point queued again)")
+    study = _study(out)
+    assert study.trials[1].state == TrialState.FAIL
+    assert len([t for t in study.trials if t.state == TrialState.WAITING]) == 2
+    assert _doctor(str(out)) == (0, ["note: trial 2's row was moved aside as damaged: the next run measures its "
+                                     "point again", f"ok: {out} is healthy"], "")
+    _doctor(str(out), "--fix")
+    study = _study(out)
+    assert len([t for t in study.trials if t.state == TrialState.WAITING]) == 2  # never queued twice
+    asked = [study.ask() for _ in range(2)]  # what the next run gets: the lost points, as a resume queues them
+    assert sorted((t.user_attrs["requeued_from"], t.suggest_float("x", 0.0, 1.0)) for t in asked) == \
+        sorted((n, study.trials[n].params["x"]) for n in (1, 2))
 
 
 def test_doctor_names_what_it_cannot_repair(tmp_path: Path) -> None:
