@@ -124,9 +124,8 @@ def test_check_agrees_with_apply(tech: Technique, device: str, digits_mlp: nn.Mo
     for params in _variants(tech):
         reason = tech.full_check(params, device)
         if reason is None:
-            if device != "cpu" or params != default_params(tech):
-                continue  # accepted on a device we don't have, or an accepted variant: covered above
-            assert _id(tech) in _CACHE or True  # accepted: applied by the `applied` fixture
+            # Accepted: on this CPU, test_accepted_variants_apply and the `applied` fixture build it;
+            # on a device we don't have, there is nothing to run.
             continue
         with pytest.raises(UnsupportedOnDeviceError) as info:
             tech.apply(digits_mlp, params, _ctx(digits_inputs, digits_calibration[:2], device))
@@ -219,3 +218,29 @@ def Registry_copy() -> Any:  # noqa: N802 - a factory named after what it return
     for t in REGISTRY.techniques():
         reg._techniques.append(t)
     return reg
+
+
+def test_isolated_state_restores_what_a_trial_touches() -> None:
+    import random
+
+    import numpy as np
+
+    from optimizers.techniques import isolated_state
+
+    engine, threads = torch.backends.quantized.engine, torch.get_num_threads()
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    expect = (torch.rand(1).item(), random.random(), np.random.rand())
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    with isolated_state(threads=1, seed=123):
+        inside = (torch.rand(1).item(), random.random(), np.random.rand())
+        torch.backends.quantized.engine = next(e for e in torch.backends.quantized.supported_engines
+                                               if e != engine)
+        assert torch.get_num_threads() == 1
+    assert (torch.rand(1).item(), random.random(), np.random.rand()) == expect  # as if nothing ran
+    assert torch.backends.quantized.engine == engine and torch.get_num_threads() == threads
+    with isolated_state(seed=123):
+        assert (torch.rand(1).item(), random.random(), np.random.rand()) == inside  # seeded: reproducible

@@ -18,6 +18,7 @@ import contextlib
 import random
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from . import lowrank, pruning, pt2e, quantize  # noqa: F401 - registration
@@ -48,7 +49,8 @@ def isolated_state(threads: int | None = None, seed: int | None = None) -> Itera
     """Set, then restore, the process-global torch state a trial touches.
 
     Saved and restored: the quantized engine (torch.ao techniques set it while they build and
-    run), intra-op threads, the CPU (and CUDA) RNG states and Python's ``random``; dynamo's
+    run), intra-op threads, the CPU (and CUDA) RNG states, Python's ``random`` and numpy's
+    global RNG (user ``evaluate``/``calibration`` code often draws from it); dynamo's
     caches are reset on exit so no compiled graph of one trial guards the next.
 
     >>> before = torch.backends.quantized.engine
@@ -62,12 +64,14 @@ def isolated_state(threads: int | None = None, seed: int | None = None) -> Itera
     cpu_rng = torch.random.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     py_rng = random.getstate()
+    np_rng = np.random.get_state()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         if seed is not None:
             torch.manual_seed(seed)
             random.seed(seed)
+            np.random.seed(seed % 2**32)
         yield
     finally:
         with contextlib.suppress(RuntimeError):
@@ -77,4 +81,5 @@ def isolated_state(threads: int | None = None, seed: int | None = None) -> Itera
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
         random.setstate(py_rng)
+        np.random.set_state(np_rng)
         torch._dynamo.reset()
