@@ -38,7 +38,8 @@ __all__ = [
 
 # C0 controls, DEL, C1 controls, and the Unicode bidi controls that reorder what a terminal shows
 # ("Trojan Source"): each is replaced by its Python escape so it is visible and inert.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Also zero-width characters, line/paragraph separators and the BOM, which hide or split text.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2069\ufeff]")
 _MD_PUNCT = re.compile(r"([\\`*\[\]|~$])")  # $: GitHub renders $...$ as math
 # An underscore opens or closes emphasis only at a word boundary (GFM), so ``latency_ms`` stays.
 _MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")

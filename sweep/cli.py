@@ -122,7 +122,9 @@ def _print_front(out: str) -> None:
     try:
         pareto_cmd(out)  # type: ignore[arg-type]  # a str: an s3:// URI must stay one
     except Exception as exc:  # noqa: BLE001 - the sweep succeeded; the summary is best-effort
-        typer.echo(f"(no Pareto table: {exc})", err=True)
+        from .cluster import first_line
+
+        typer.echo(f"(no Pareto table: {first_line(exc)})", err=True)
 
 
 @app.command()

@@ -43,7 +43,13 @@ class Progress:
 
     def _log(self, msg: str) -> None:
         if not self.quiet:
-            print(f"[optsweep] {msg}", file=sys.stderr, flush=True)
+            # Error texts and hardware names are data: credentials hidden, control characters
+            # (ESC, CR, bidi overrides) shown as escapes, so a line can't rewrite the terminal.
+            from analysis._escape import terminal
+
+            from .cluster import redact_text
+
+            print(f"[optsweep] {terminal(redact_text(msg))}", file=sys.stderr, flush=True)
 
     def _status(self) -> str:
         best = " ".join(f"{k}={v:.4g}" for k, v in self.best.items())

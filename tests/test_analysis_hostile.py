@@ -60,7 +60,8 @@ def test_escape_doctests_pass() -> None:
     ("raw", "shown"),
     [("\x1b[2J", "\\x1b[2J"), ("a\rb", "a\\rb"), ("\x07", "\\x07"), ("\x00", "\\x00"),
      ("\x7f", "\\x7f"), ("\x9b31m", "\\x9b31m"), ("abc\u202edef", "abc\\u202edef"),
-     ("tab\there", "tab\\there"), ("naïve µs", "naïve µs")],
+     ("tab\there", "tab\\there"), ("naïve µs", "naïve µs"), ("a\u200bb", "a\\u200bb"),
+     ("line\u2028sep", "line\\u2028sep"), ("\ufeffbom", "\\ufeffbom")],
 )
 def test_terminal_shows_control_characters(raw: str, shown: str) -> None:
     assert terminal(raw) == shown

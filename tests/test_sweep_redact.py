@@ -109,3 +109,18 @@ def test_uris_stay_strings_in_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.exit_code == 0, r.output
     assert seen == ["s3://bucket/runs/a?region=eu"]  # not s3:/bucket/... through Path
     assert r.stdout.strip() == "ok: s3://bucket/runs/a?region=eu is healthy"
+
+
+def test_progress_lines_escape_and_redact_what_rows_hold(capsys: pytest.CaptureFixture[str]) -> None:
+    from sweep.config import parse_config
+    from sweep.progress import Progress
+
+    p = Progress(parse_config({"name": "p", "model": "m:f", "example_inputs": "m:g"}), enabled=None)
+    p.live, p.quiet = False, False  # plain log lines, as off a TTY
+    p.start(total=2, done=0)
+    p.trial_done({"trial_number": 0, "state": "FAIL", "pruning_method": "none", "quantization_type": "none",
+                  "precision": "fp32",
+                  "error": "RuntimeError: \x1b[2J\x1b]8;;http://evil\x07 cannot reach postgresql://u:hunter2@db/x"})
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b[2J" in err
+    assert "hunter2" not in err and "postgresql://***@db/x" in err
