@@ -44,7 +44,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("error", pa.string(), "one-line error message; null unless failed or infeasible"),
     ("traceback", pa.string(), "last frames of the traceback for FAIL rows"),
     ("duplicate_of", pa.int64(), "for a repeated configuration: the trial whose result was reused"),
-    ("pruning_method", pa.string(), "none, magnitude, random, global_magnitude, structured"),
+    ("pruning_method", pa.string(), "none, magnitude, random, global_magnitude, structured, lowrank "
+     "(lowrank factorizes: pruning_amount is the fraction of rank removed)"),
     ("pruning_amount", pa.float64(), "requested fraction; null when pruning_method is none"),
     ("quantization_type", pa.string(), "none, dynamic, static, weight_only"),
     ("quantization_bits", pa.int64(), "4, 8 or 16; null when quantization_type is none"),

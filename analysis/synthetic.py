@@ -31,7 +31,9 @@ from .schema import (
 
 __all__ = ["synthetic_columns", "synthetic_table", "write_synthetic_run"]
 
-_PRUNING = np.array(["none", "magnitude", "random", "global_magnitude", "structured"])
+# Names a real sweep writes (tests/test_shipping.py keeps them among the registry's choices).
+_PRUNING = np.array(["none", "magnitude", "random", "global_magnitude", "structured", "lowrank"])
+_PHYSICAL = ["structured", "lowrank"]  # smaller, faster layers (the others only zero weights)
 _QUANT = np.array(["none", "dynamic", "static", "weight_only"])
 _PRECISION = np.array(["fp32", "fp16", "bf16"])
 
@@ -54,7 +56,7 @@ def synthetic_columns(
     bits = np.where(qt == "none", -1, np.where(qt == "weight_only", rng.choice([4, 8], n), 8))
     prec = rng.choice(_PRECISION, n)
     a = np.nan_to_num(amount, nan=0.0)
-    structured = pm == "structured"
+    structured = np.isin(pm, _PHYSICAL)
     lat_f = (1 - 0.6 * a * structured) * np.where(qt == "none", 1.0, 0.55) * np.where(prec == "fp32", 1.0, 0.8)
     latency = base_lat * lat_f * rng.lognormal(0, 0.08, n)
     iqr = latency * rng.uniform(0.01, 0.15, n)
@@ -121,7 +123,9 @@ def synthetic_columns(
         "accuracy_drop": base_acc - acc,
         "feasible": [bool(s == "COMPLETE") for s in cols["state"]],
         "constraint_violation": np.zeros(m),
-        "quant_backend": ["torch_ao"] * m,
+        "quant_backend": [None if q == "none" else ("torchao" if q == "weight_only" else "torch_ao")
+                          for q in cols["quantization_type"]],
+        "quantization_backend": [None if q == "none" else "auto" for q in cols["quantization_type"]],
         "device": ["cpu"] * m,
         "hardware": [hardware] * m,
         "node_id": ["node-0"] * m,

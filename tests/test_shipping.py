@@ -55,6 +55,29 @@ def test_recipe_columns_are_the_registry_dimensions() -> None:
     assert set(RECIPE_COLUMNS) <= set(COLUMN_NAMES)
 
 
+def test_synthetic_rows_use_registered_names() -> None:
+    from analysis.synthetic import synthetic_columns
+    from optimizers.techniques import REGISTRY
+
+    cols = synthetic_columns(300, seed=0)
+    for dim in ("pruning_method", "quantization_type", "precision", "quantization_backend"):
+        used = {v for v in cols[dim] if v is not None}
+        assert used <= set(REGISTRY.choices(dim)), (dim, used - set(REGISTRY.choices(dim)))
+    assert {"lowrank", "structured"} <= set(cols["pruning_method"])
+
+
+def test_schema_descriptions_name_every_registered_choice() -> None:
+    """The schema (and the README table made from it) lists what a recipe column can hold."""
+    from analysis.schema import COLUMNS
+    from optimizers.techniques import DIMENSIONS, REGISTRY
+
+    described = {name: text for name, _, text in COLUMNS}
+    for dim in DIMENSIONS:
+        choices = [c for c in REGISTRY.choices(dim) if not isinstance(c, bool)]
+        missing = [c for c in choices if str(c) not in described[dim]]
+        assert not missing, f"schema description of {dim!r} lacks {missing}"
+
+
 def test_a_missing_backend_library_is_infeasible_saying_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
