@@ -30,6 +30,10 @@ BASE = {"name": "t", "model": "tiny:model", "example_inputs": "tiny:example_inpu
         ({"model": "no_colon"}, r"config key 'model': must be a 'module:attr' reference"),
         ({"search": {"precision": ["fp8"]}}, r"config key 'search.precision': must be one of 'fp32', 'fp16', 'bf16'; got 'fp8'"),
         ({"search": {"quantization_bits": [3]}}, r"config key 'search.quantization_bits': must be one of 4, 8, 16; got 3"),
+        ({"search": {"pruning_method": ["none", "2:4"]}}, r"config key 'search.pruning_method': must be one of 'none', "
+         r"'magnitude', 'random', 'global_magnitude', 'structured', 'lowrank'; got '2:4'"),
+        ({"search": {"quantization_type": ["fp8"]}}, r"config key 'search.quantization_type': must be one of 'none', "
+         r"'dynamic', 'static', 'weight_only'; got 'fp8'"),
         ({"search": {"pruning_method": []}}, r"config key 'search.pruning_method': must list at least one"),
         ({"search": {"pruning_amount": {"low": 0.6, "high": 0.2}}}, r"config key 'search.pruning_amount'.*low"),
         ({"search": {"pruning_amount": {"low": 0.1, "high": 1.5}}}, r"config key 'search.pruning_amount"),
@@ -102,6 +106,15 @@ def test_grid_enumerates_distinct_valid_points() -> None:
     keys = {to_recipe(p).key() for p in points}
     # (1 none + 3 amounts) x (1 none + 2 bits) x 2 precisions
     assert len(points) == len(keys) == 4 * 3 * 2
+
+
+def test_cli_unknown_technique_is_one_line_exit_2(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "search": {"pruning_method": ["none", "sparsegpt"]}}))
+    res = CliRunner().invoke(app, ["validate", str(p)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == ("error: config key 'search.pruning_method': must be one of 'none', 'magnitude', "
+                                  "'random', 'global_magnitude', 'structured', 'lowrank'; got 'sparsegpt'")
 
 
 def test_cli_validate_bad_config_exits_2_one_line(tmp_path: Path) -> None:
