@@ -102,8 +102,9 @@ def run(
     except OptsweepError as exc:
         raise fail(str(exc), 1) from None
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
-    repeats = summary.n_rows - summary.distinct
+    repeats = summary.n_rows - summary.distinct - summary.infeasible
     typer.echo(f"{summary.n_rows} trials in {redact(summary.out)} ({states}); {summary.distinct} distinct"
+               f"{f', {summary.infeasible} infeasible (not run, no budget)' if summary.infeasible else ''}"
                f"{f', {repeats} repeats (not re-measured, no budget)' if repeats > 0 else ''}; "
                f"{summary.duration_s:.0f} s", err=True)
     if summary.exhausted:

@@ -51,8 +51,9 @@ class SweepSummary:
     states: dict[str, int]
     interrupted: bool = False
     duration_s: float = 0.0
-    distinct: int = 0
+    distinct: int = 0    # configurations measured (n_trials counts these)
     exhausted: bool = False
+    infeasible: int = 0  # configurations refused before running (INFEASIBLE rows, no budget)
 
 
 def make_storage(cfg: SweepConfig, out: str) -> Any:
@@ -120,6 +121,7 @@ class Driver:
         self.baseline: dict[str, Any] | None = None
         self._first_segment: str | None = None
         self._my_rows: set[int] = set()  # trial numbers of this segment's rows (resume)
+        self._resumed_infeasible = 0
 
     # -- setup ---------------------------------------------------------------------------------
     def _write_manifest(self) -> None:
@@ -197,8 +199,10 @@ class Driver:
             if row is None or not self._mine(row):  # another segment's rows: other settings
                 continue
             self._my_rows.add(n)
-            if row.get("duplicate_of") is None:
-                distinct += 1
+            if row.get("duplicate_of") is None and row["state"] != "INFEASIBLE":
+                distinct += 1  # INFEASIBLE rows ran nothing: no budget
+            elif row.get("duplicate_of") is None:
+                self._resumed_infeasible += 1
             if row["state"] in ("COMPLETE", "INFEASIBLE") and row.get("duplicate_of") is None:
                 self.seen.setdefault(_key_of(row), row)
                 self._remember(row)
@@ -321,7 +325,8 @@ class Driver:
         states = self._states()
         return SweepSummary(out=self.out, n_rows=sum(states.values()), states=states,
                             interrupted=interrupted, duration_s=time.perf_counter() - t_start,
-                            distinct=done + self.scheduler.distinct, exhausted=self.exhausted)
+                            distinct=done + self.scheduler.distinct, exhausted=self.exhausted,
+                            infeasible=self._resumed_infeasible + self.scheduler.infeasible)
 
     def _defer_sigint(self) -> Any:
         """Ctrl-C sets a flag the loop checks between steps, so it never lands inside a storage
@@ -516,11 +521,12 @@ class Driver:
         fresh = []
         for params in grid(self.cfg.search):
             try:
-                key = to_recipe(params).resolved(device).key()
+                recipe = to_recipe(params)
+                key = recipe.resolved(device).key()
             except (KeyError, ValueError):
                 continue
-            if key not in self.seen and key not in busy:
-                fresh.append(params)
+            if key not in self.seen and key not in busy and not check_feasible(recipe, device):
+                fresh.append(params)  # runnable and new: a refused point would measure nothing
         if fresh:
             study.enqueue_trial(random.Random(self.cfg.seed + len(self.seen)).choice(fresh),
                                 user_attrs={"after_repeats": MAX_REPEATS})
@@ -600,7 +606,7 @@ class Driver:
         counts: dict[str, int] = {}
         for n in self.writer.existing_trials():
             row = self.writer.read(n)
-            if row:
+            if row and self._mine(row):  # this segment's rows (the summary is about this run's settings)
                 counts[row["state"]] = counts.get(row["state"], 0) + 1
         return counts
 

@@ -40,9 +40,10 @@ class Scheduler:
     waiting: dict[str, list[Any]] = field(default_factory=dict)   # key -> specs behind an in-flight twin
     inflight: dict[str, Any] = field(default_factory=dict)        # key -> the spec being measured
     keys: dict[int, str] = field(default_factory=dict)            # trial number -> its key
-    asked: int = 0     # every trial asked (duplicates included)
-    distinct: int = 0  # asked trials that will give a new measurement (or a new INFEASIBLE row)
-    repeats: int = 0   # duplicates proposed in a row since the last new configuration
+    asked: int = 0       # every trial asked (duplicates included)
+    distinct: int = 0    # asked trials that will give a new measurement: what n_trials counts
+    infeasible: int = 0  # new configurations the registry refused: a row each, nothing run, no budget
+    repeats: int = 0     # proposals in a row since the last new measurement (repeats, refusals)
 
     def admit(self, spec: Any, key: str, known: Mapping[str, Any] | None,
               duplicate: Callable[[Any, Any], dict[str, Any]] | None = None) -> str:
@@ -66,10 +67,12 @@ class Scheduler:
         return "ready"
 
     def admit_infeasible(self) -> None:
-        """A new configuration that cannot run here: it is information, and counts."""
+        """A new configuration the registry refuses on this device: it gets its INFEASIBLE row
+        (the reason is worth keeping), but nothing ran, so it costs no budget; a sampler that keeps
+        proposing such points counts as repeating (the driver then queues a runnable point)."""
         self.asked += 1
-        self.distinct += 1
-        self.repeats = 0
+        self.infeasible += 1
+        self.repeats += 1
 
     def not_distinct_after_all(self) -> None:
         """A measured trial turned out to be an earlier model (a no-op stage): give its slot back."""

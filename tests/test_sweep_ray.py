@@ -219,3 +219,22 @@ def test_new_settings_start_a_segment_with_its_own_baseline(tmp_path: Path) -> N
     pr = pareto_front(load_results(out))
     groups = pr.table.groupby("group")["is_baseline"].sum()
     assert len(groups) == 2 and (groups == 1).all()
+
+
+def test_refused_configurations_cost_no_budget(tmp_path: Path) -> None:
+    """int4 weight-only has no CPU kernel: those points get INFEASIBLE rows naming the reason,
+    but n_trials counts what was measured, so the sweep runs out of runnable points (exhausted)
+    instead of spending its budget on refusals."""
+    cfg = config(tmp_path, n_trials=3, workers=1, sampler="random",
+                 search={"pruning_method": ["none", "magnitude"], "pruning_amount": [0.5],
+                         "quantization_type": ["none", "weight_only"], "quantization_bits": [4],
+                         "precision": ["fp32"]})
+    summary = run_sweep(cfg, MODELS, progress=False)
+    df = rows(tmp_path / "out")
+    trials = df[df.trial_number >= 0]
+    refused = trials[trials.state == "INFEASIBLE"]
+    assert len(refused) >= 1 and refused.error.str.contains("int4").all()
+    measured = trials[trials.duplicate_of.isna() & (trials.state != "INFEASIBLE")]
+    assert summary.distinct == len(measured) == 1  # the one runnable point besides the baseline's
+    assert summary.infeasible == len(refused[refused.duplicate_of.isna()]) == 2
+    assert summary.exhausted
