@@ -54,7 +54,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("quantization_backend", pa.string(), "requested backend: auto, torch_ao, torchao, pt2e (see quant_backend)"),
     ("effective_recipe", pa.string(),
      "JSON recipe of the stages that changed the model (a no-op stage is left out); the row's label"),
-    ("stages_json", pa.string(), "JSON list, one entry per stage: technique, changed, note"),
+    ("stages_json", pa.string(), "JSON list, one entry per stage: stage, technique, changed, note, details "
+     "(the stage's scalar figures, e.g. a plug-in technique's own)"),
     ("params_json", pa.string(), "all sampled parameters as JSON"),
     ("latency_ms", pa.float64(), "median latency of one forward pass of the shipped artifact on example_inputs"),
     ("latency_iqr_ms", pa.float64(), "interquartile range of the latency samples"),

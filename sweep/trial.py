@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from analysis.schema import BASELINE_TRIAL, SCHEMA_VERSION
+from analysis.schema import BASELINE_TRIAL, COLUMN_NAMES, SCHEMA_VERSION
 from optimizers import UnsupportedArchitectureError, UnsupportedOnDeviceError
 from optimizers._utils import compressed_size_bytes, count_parameters, model_size_bytes
 from optimizers.benchmarking import environment, measure_paired
@@ -226,11 +226,58 @@ def _ship(model: nn.Module, info: Mapping[str, Any], ctx: TrialContext, spec: Tr
     return art.module
 
 
+_SCHEMA_COLUMNS = frozenset(COLUMN_NAMES)
+
+
+def _scalar_details(details: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON scalars of a stage's details (lists of layer names and the like are left out)."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if isinstance(v, bool) or v is None or isinstance(v, int):
+            out[str(k)] = v
+        elif isinstance(v, float):
+            out[str(k)] = v if math.isfinite(v) else None
+        elif isinstance(v, str):
+            out[str(k)] = v[:200]
+    return out
+
+
 def stage_columns(info: Mapping[str, Any]) -> dict[str, Any]:
-    """Row columns from :func:`apply_recipe`'s info: what each stage did, and the effective recipe."""
+    """Row columns from :func:`apply_recipe`'s info: what each stage did, and the effective recipe.
+
+    The columns the built-in stages share are mapped here; a column a technique declares
+    (``Technique.columns``) that the schema has and that is still empty is taken from its stage's
+    details as is (never a measured column it did not declare), and every
+    stage's scalar details are kept in ``stages_json``, so a plug-in's figures reach the row
+    without an edit here.
+    """
     pinfo = info.get("pruning", {})
     qinfo = info.get("quantization", {})
-    compile_s = sum(float(s.details.get("compile_s") or 0.0) for s in info.get("stages", []))
+    stages = list(info.get("stages", []))
+    compile_s = sum(float(s.details.get("compile_s") or 0.0) for s in stages)
+    cols = _builtin_columns(info, pinfo, qinfo, compile_s)
+    for st in stages:
+        if not st.changed:
+            continue
+        declared = _declared_columns(st.stage, st.technique)
+        for k, v in _scalar_details(st.details).items():
+            if k in declared and k in _SCHEMA_COLUMNS and cols.get(k) is None:
+                cols[k] = v
+    cols["stages_json"] = json.dumps([{"stage": st.stage, "technique": st.technique, "changed": st.changed,
+                                       "note": st.note, "details": _scalar_details(st.details)}
+                                      for st in stages], default=str)
+    return cols
+
+
+def _declared_columns(stage: str, technique: str) -> set[str]:
+    """The row columns the registered techniques of that stage and name declare they fill."""
+    from optimizers.techniques import REGISTRY
+
+    return {c for t in REGISTRY.techniques() if t.stage == stage and t.name == technique for c in t.columns}
+
+
+def _builtin_columns(info: Mapping[str, Any], pinfo: Mapping[str, Any], qinfo: Mapping[str, Any],
+                     compile_s: float) -> dict[str, Any]:
     return {
         "sparsity": pinfo.get("final_sparsity", pinfo.get("sparsity")),
         "dense_speedup_expected": bool(pinfo.get("speedup_expected", True)) if pinfo else True,
@@ -239,8 +286,6 @@ def stage_columns(info: Mapping[str, Any]) -> dict[str, Any]:
         "quantized_engine": (qinfo.get("quantized_engine") or None) if qinfo.get("changed") else None,
         "compile_s": compile_s or None,
         "effective_recipe": json.dumps(info.get("effective", {}), sort_keys=True),
-        "stages_json": json.dumps([{"stage": s.stage, "technique": s.technique, "changed": s.changed,
-                                    "note": s.note} for s in info.get("stages", [])]),
     }
 
 

@@ -244,3 +244,21 @@ def test_isolated_state_restores_what_a_trial_touches() -> None:
     assert torch.backends.quantized.engine == engine and torch.get_num_threads() == threads
     with isolated_state(seed=123):
         assert (torch.rand(1).item(), random.random(), np.random.rand()) == inside  # seeded: reproducible
+
+
+def test_a_stages_declared_figures_reach_the_row_without_editing_the_trial() -> None:
+    import json
+
+    from sweep.trial import stage_columns
+
+    # lowrank declares recovery_s; latency_ms is a schema column it does not declare.
+    stage = StageInfo("factorize", "lowrank", True, {"pruning_method": "lowrank"},
+                      {"recovery_s": 1.5, "latency_ms": 0.0, "ranks_kept": 12, "layers": ["a", "b"]})
+    noop = StageInfo("precision", "bf16", False, {}, {"recovery_s": 9.0}, note="no-op")
+    cols = stage_columns({"stages": [stage, noop], "effective": {"pruning_method": "lowrank"}})
+    assert cols["recovery_s"] == 1.5  # a declared column, from the stage's details
+    assert "latency_ms" not in cols  # never a measured column a technique did not declare
+    stages = json.loads(cols["stages_json"])
+    assert stages[0]["details"] == {"recovery_s": 1.5, "latency_ms": 0.0, "ranks_kept": 12}  # its own figures
+    assert stages[1]["changed"] is False and stages[1]["note"] == "no-op"
+    assert json.loads(cols["effective_recipe"]) == {"pruning_method": "lowrank"}
