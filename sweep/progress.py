@@ -102,13 +102,20 @@ def _label(row: dict[str, Any]) -> str:
     import json
 
     keys = ("pruning_method", "quantization_type", "precision")
-    label = "/".join(str(row.get(k)) for k in keys)
+
+    def show(src: dict[str, Any]) -> str:
+        parts = [str(src.get(k, row.get(k))) for k in keys]
+        backend = src.get("quantization_backend", row.get("quantization_backend"))
+        if parts[1] != "none" and backend not in (None, "", "auto"):
+            parts[1] += f"({backend})"  # the kernel asked for: two backends are two configurations
+        return "/".join(parts)
+
+    label = show({})
     try:
         eff = json.loads(row.get("effective_recipe") or "")
     except (TypeError, ValueError):
         return label
     if not isinstance(eff, dict):
         return label
-    got = "/".join(str(eff.get(k, row.get(k))) for k in keys)
     dropped = [str(row.get(k)) for k in keys if eff.get(k, row.get(k)) != row.get(k)]
-    return got + (f" (no-op: {', '.join(dropped)})" if dropped else "")
+    return show(eff) + (f" (no-op: {', '.join(dropped)})" if dropped else "")

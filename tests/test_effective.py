@@ -62,3 +62,15 @@ def test_a_trial_whose_effective_recipe_was_measured_is_not_measured_again() -> 
     if json.loads(row["effective_recipe"])["precision"] != "fp32":
         pytest.skip("bf16 changes this model's outputs here: not a no-op on this CPU")
     assert row["duplicate_of"] == 0 and row.get("latency_ms") is None  # built, never timed
+
+
+def test_progress_labels_name_the_backend_asked_for() -> None:
+    from sweep.progress import _label
+
+    row = {"pruning_method": "none", "quantization_type": "dynamic", "precision": "fp32"}
+    assert _label({**row, "quantization_backend": "pt2e"}) == "none/dynamic(pt2e)/fp32"
+    assert _label({**row, "quantization_backend": "torchao"}) != _label({**row, "quantization_backend": "torch_ao"})
+    assert _label({**row, "quantization_backend": "auto"}) == "none/dynamic/fp32"
+    noop = {**row, "precision": "fp16", "quantization_backend": "auto",
+            "effective_recipe": '{"quantization_type": "dynamic", "precision": "fp32"}'}
+    assert _label(noop) == "none/dynamic/fp32 (no-op: fp16)"
