@@ -146,7 +146,8 @@ def save(model: nn.Module, inputs: tuple[Any, ...], path: str | Path, fmt: str) 
     if fmt not in ALL_FORMATS:
         raise ArtifactError(f"unknown artifact format {fmt!r}; expected one of {', '.join(ALL_FORMATS)}")
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # The temp name keeps the target's suffix: torch.export.save warns about a name not ending in .pt2.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}")
     os.close(fd)
     try:
         _save(model, inputs, tmp, fmt)

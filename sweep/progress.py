@@ -65,7 +65,7 @@ class Progress:
             self._bar.update(self._task, status=self._status())
 
     def trial_done(self, row: dict[str, Any]) -> None:
-        if row.get("duplicate_of") is None:  # the budget counts distinct configurations
+        if row.get("duplicate_of") is None and row.get("state") != "INFEASIBLE":  # what n_trials counts
             self.done += 1
         if row["state"] == "FAIL":
             self.failed += 1
