@@ -108,7 +108,7 @@ CODE_KEYS = ("model", "example_inputs", "evaluate", "calibration", "train_step")
 
 
 def code_refs(root: Path, manifest: dict[str, Any], config: str | Path | None, trust: bool
-              ) -> tuple[dict[str, str | None], str]:
+              ) -> tuple[dict[str, Any], str]:
     """The ``module:attr`` references export may import, and the folder they resolve from.
 
     A results folder is data: the code it names is imported only when the user points at their
@@ -125,7 +125,8 @@ def code_refs(root: Path, manifest: dict[str, Any], config: str | Path | None, t
                                 f"{type(e).__name__}") from None
         if not isinstance(data, dict):
             raise AnalysisError(f"--config {str(cpath)!r} is not a mapping of keys")
-        refs = {k: data.get(k) for k in CODE_KEYS}
+        refs: dict[str, Any] = {k: data.get(k) for k in CODE_KEYS}
+        refs["plugins"] = data.get("plugins") or []
         for k in ("model", "example_inputs"):
             if manifest.get(k) and refs.get(k) != manifest.get(k):
                 raise AnalysisError(f"--config {str(cpath)!r}: {k} {refs.get(k)!r} differs from the sweep's "
@@ -135,7 +136,8 @@ def code_refs(root: Path, manifest: dict[str, Any], config: str | Path | None, t
         raise AnalysisError(
             f"export would import the code {root / MANIFEST} names (model {manifest.get('model')!r} from "
             f"{manifest.get('config_dir')!r}); pass --config YOUR_SWEEP.yaml, or --trust if you trust this folder")
-    return {k: manifest.get(k) for k in CODE_KEYS}, str(manifest.get("config_dir") or root)
+    return ({**{k: manifest.get(k) for k in CODE_KEYS}, "plugins": manifest.get("plugins") or []},
+            str(manifest.get("config_dir") or root))
 
 
 def _row(out: Path, trial: int, segment: str | None = None) -> dict[str, Any]:
@@ -199,6 +201,13 @@ def export_trial(
     root, manifest = _manifest(out)
     row = _row(root, trial, manifest.get("segment") if isinstance(manifest.get("segment"), str) else None)
     refs, base_dir = code_refs(root, manifest, config, trust)
+    if refs.get("plugins"):  # the techniques the sweep's config added: the recipe may need them
+        from optimizers.techniques import PluginError, load_plugins
+
+        try:
+            load_plugins(list(refs["plugins"]), base_dir)
+        except PluginError as exc:
+            raise AnalysisError(f"plugins: {exc}") from None
 
     def resolve(key: str) -> Any:
         spec = refs.get(key)

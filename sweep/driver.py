@@ -131,6 +131,7 @@ class Driver:
             "calibration": self.cfg.calibration, "train_step": self.cfg.train_step,
             "device": self.cfg.device, "pruning": self.cfg.pruning, "quantization": self.cfg.quantization,
             "objectives": self.cfg.objectives, "constraints": self.cfg.constraints,
+            "plugins": list(self.cfg.plugins),
             "storage": redact(self.cfg.storage), "config": json.loads(_config_json(self.cfg)),
             "segment": self.segment,
         }
@@ -281,7 +282,8 @@ class Driver:
         resources = executor.init_ray(self.address, str(self.config_dir))
         device = self._device(resources)
         payload_ref = [self._payload(executor)]
-        refs = {"evaluate": self.cfg.evaluate, "train_step": self.cfg.train_step}
+        refs = {"evaluate": self.cfg.evaluate, "train_step": self.cfg.train_step,
+                "plugins": ",".join(self.cfg.plugins) or None}
         cpus, gpus = self.cfg.resources.cpus_per_trial, (self.cfg.resources.gpus_per_trial if device == "cuda" else 0)
         if device == "cuda" and gpus == 0:
             gpus = 1

@@ -70,6 +70,11 @@ class TrialWorker:
             sys.path.insert(0, config_dir)
         self.config_dir = config_dir
         self.refs = dict(refs)
+        plugins = self.refs.pop("plugins", None)
+        if plugins:  # the config's technique modules register themselves in this process too
+            from optimizers.techniques import load_plugins
+
+            load_plugins(plugins.split(","), config_dir)
         self.threads = max(1, int(cpus))
         self.cores: list[int] = []
         self._locks: list[int] = []

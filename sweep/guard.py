@@ -437,7 +437,7 @@ def probe_out_lock(out: str) -> tuple[str, dict[str, Any] | None]:
 # -- config drift ------------------------------------------------------------------------------
 COMPARABLE_KEYS = frozenset({
     "n_trials", "workers", "sampler", "seed", "trial_timeout_s", "max_retries", "out", "search",
-    "resources.custom",
+    "resources.custom", "plugins",
 })
 """Keys that may change on resume: they decide which and how many trials run, where, and on
 what, not what a row's numbers mean. ``search`` may gain or lose choices: every row records its

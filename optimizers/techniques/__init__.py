@@ -3,7 +3,9 @@
 Importing this package registers the built-in techniques (pruning, low-rank factorization,
 quantization on torch.ao / torchao / PT2E, precision, compile). A new technique is a module that
 subclasses :class:`Technique` and decorates it with :func:`register`; see
-:mod:`optimizers.techniques.lowrank`.
+:mod:`optimizers.techniques.lowrank`. A technique outside this package is a module of its own that
+does the same; a sweep config names it under ``plugins`` and :func:`load_plugins` imports it in
+the driver, in every worker and in ``optsweep export``.
 
 >>> from optimizers.techniques import REGISTRY
 >>> REGISTRY.backends_for("static")
@@ -15,8 +17,12 @@ subclasses :class:`Technique` and decorates it with :func:`register`; see
 from __future__ import annotations
 
 import contextlib
+import importlib
 import random
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,8 +46,39 @@ from .precision import PRECISION_MODES, same_outputs
 
 __all__ = [
     "AUTO_BACKEND", "DIMENSIONS", "PRECISION_MODES", "REGISTRY", "SELECTORS", "STAGES", "ApplyContext",
-    "Dimension", "Registry", "StageInfo", "Technique", "isolated_state", "register", "same_outputs",
+    "Dimension", "PluginError", "Registry", "StageInfo", "Technique", "isolated_state", "load_plugins", "register",
+    "same_outputs",
 ]
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class PluginError(ValueError):
+    """A plug-in module that cannot be imported or registers a bad technique (one line)."""
+
+
+def load_plugins(modules: Sequence[str], base_dir: str | Path | None = None) -> list[str]:
+    """Import the technique modules ``modules`` (dotted names, looked up in ``base_dir`` first,
+    then ``sys.path``); each registers its techniques with :func:`register` when imported.
+    Importing twice is a no-op. Returns the techniques that are new, as ``stage:name``.
+
+    >>> load_plugins(["optimizers.techniques.lowrank"])   # built in: registered already
+    []
+    """
+    if isinstance(modules, (str, bytes)) or not isinstance(modules, Sequence):
+        raise PluginError(f"must be a list of module names; got {type(modules).__name__}")
+    before = {id(t) for t in REGISTRY.techniques()}
+    for name in modules:
+        if not isinstance(name, str) or not _MODULE.fullmatch(name):
+            raise PluginError(f"{name!r} is not a module name (like my_techniques or pkg.techniques)")
+        if base_dir is not None and str(base_dir) not in sys.path:
+            sys.path.insert(0, str(base_dir))
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - user code: any failure is one line naming the module
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise PluginError(f"cannot import {name!r}: {type(exc).__name__}: {text}".rstrip(": ")) from None
+    return [f"{t.stage}:{t.name}" for t in REGISTRY.techniques() if id(t) not in before]
 
 
 @contextlib.contextmanager
