@@ -44,6 +44,8 @@ _MD_PUNCT = re.compile(r"([\\`*\[\]|~$])")  # $: GitHub renders $...$ as math
 # An underscore opens or closes emphasis only at a word boundary (GFM), so ``latency_ms`` stays.
 _MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+# What GitHub autolinks: scheme://, www., user@host.tld (the zero-width space goes before the mark).
+_MD_AUTOLINK = re.compile(r"(?i)(?<=[a-z0-9+.-])(?=://)|(?<=\bwww)(?=\.)|(?<=[\w.+-])(?=@[\w-]+\.)")
 # A pasted password may hold '/', '?', '#', quotes or spaces: the userinfo is taken to run to the
 # last '@' on the line. That hides too much when a path holds an '@', never too little.
 _URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\n]*@")
@@ -97,19 +99,26 @@ def markdown(value: object) -> str:
     """``str(value)`` safe inside a Markdown table cell or list item.
 
     Control characters become visible escapes (so a newline cannot end the row), Markdown
-    punctuation that builds links, code, emphasis, math or table cells is backslash-escaped, and
-    ``< > &`` become HTML entities so raw HTML never reaches the rendered page.
+    punctuation that builds links, code, emphasis, math or table cells is backslash-escaped,
+    ``< > &`` become HTML entities so raw HTML never reaches the rendered page, and what GitHub
+    would turn into a link by itself (``http://``, ``www.``, ``me@host.tld``) gets an invisible
+    zero-width space that breaks the pattern.
 
     >>> markdown("<script>alert(1)</script>")
     '&lt;script&gt;alert(1)&lt;/script&gt;'
     >>> markdown("[x](http://evil) | `y` *z* _w_ latency_ms")
-    '\\\\[x\\\\](http://evil) \\\\| \\\\`y\\\\` \\\\*z\\\\* \\\\_w\\\\_ latency_ms'
+    '\\\\[x\\\\](http&#8203;://evil) \\\\| \\\\`y\\\\` \\\\*z\\\\* \\\\_w\\\\_ latency_ms'
+    >>> markdown("www.evil.example or me@evil.example")
+    'www&#8203;.evil.example or me&#8203;@evil.example'
     >>> markdown("$x$ a\\nb")
     '\\\\$x\\\\$ a\\\\\\\\nb'
     """
     s = _MD_PUNCT.sub(r"\\\1", terminal(value))
     s = _MD_UNDERSCORE.sub(r"\\_", s)
-    return html.escape(s, quote=False)
+    s = html.escape(s, quote=False)
+    # GitHub links bare URLs, www. names and e-mail addresses by itself: a zero-width space
+    # (as an entity, so it survives as text) breaks each pattern and shows nothing.
+    return _MD_AUTOLINK.sub("&#8203;", s)
 
 
 def html_text(value: object) -> str:

@@ -135,7 +135,8 @@ def report(tmp_path: Path) -> Path:
 def test_markdown_report_escapes_data(report: Path) -> None:
     md = report.with_suffix(".md").read_text()
     assert SCRIPT not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
-    assert MD_LINK not in md and "\\[free\\](http://evil.example)" in md
+    assert MD_LINK not in md and "\\[free\\](http&#8203;://evil.example)" in md
+    assert "http://" not in md  # GitHub would link a bare URL by itself
     assert "<a href" not in md and "\n| injected" not in md
     assert MATH not in md and r"\$\\frac{\$" in md  # GitHub renders $...$ as math
     for line in md.splitlines():
