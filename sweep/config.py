@@ -316,7 +316,28 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config {str(path)!r} is not valid YAML{where}") from None
+    if _expanded_size(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"config {str(path)!r} expands to more than {MAX_CONFIG_VALUES} values "
+                          "(YAML aliases nested in aliases?); write the lists out")
     return parse_config(data or {}, overrides, base_dir=path.resolve().parent), path.resolve().parent
+
+
+MAX_CONFIG_VALUES = 100_000
+"""A sweep config is a few hundred values; YAML aliases can make a small file expand to billions."""
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values ``data`` holds once its aliases are expanded, counting at most past ``limit``."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def resolve_out(cfg: SweepConfig, config_dir: Path) -> str:

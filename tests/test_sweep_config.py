@@ -193,3 +193,15 @@ def test_quantization_options_are_validated() -> None:
         parse_config({**BASE, "quantization": {"bits": 4}})
     with pytest.raises(ConfigError, match=r"config key 'quantization': QuantizationConfig.engine must be one of"):
         parse_config({**BASE, "quantization": {"engine": "tpu"}})
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_line_quickly(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [none, magnitude]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]  # 10^8 values
+    lines += ["name: bomb", 'model: "m:f"', 'example_inputs: "m:g"', "search: {pruning_method: *a8}"]
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(app, ["validate", str(p)])  # the count stops at the limit: no expansion
+    assert res.exit_code == 2
+    assert res.output.strip() == (f"error: config {str(p)!r} expands to more than 100000 values (YAML aliases "
+                                  "nested in aliases?); write the lists out")
