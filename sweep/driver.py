@@ -521,17 +521,27 @@ class Driver:
 
         busy = set(self.scheduler.inflight)
         fresh = []
+        runnable = 0
         for params in grid(self.cfg.search):
             try:
                 recipe = to_recipe(params)
                 key = recipe.resolved(device).key()
             except (KeyError, ValueError):
                 continue
-            if key not in self.seen and key not in busy and not check_feasible(recipe, device):
-                fresh.append(params)  # runnable and new: a refused point would measure nothing
+            if check_feasible(recipe, device):
+                continue  # refused here: it would measure nothing
+            runnable += 1
+            if key not in self.seen and key not in busy:
+                fresh.append(params)
         if fresh:
             study.enqueue_trial(random.Random(self.cfg.seed + len(self.seen)).choice(fresh),
                                 user_attrs={"after_repeats": MAX_REPEATS})
+        elif not runnable:
+            # Feasibility depends on the techniques, not on a continuous amount, so the grid's
+            # sample of amounts speaks for the whole space: nothing in it can run on this device.
+            self.exhausted = True
+            log.warning("nothing in the search space can run on %s: every configuration is INFEASIBLE "
+                        "(their rows say why)", device)
         elif self._discrete_space():
             self.exhausted = True
             log.warning("the search space is exhausted: every distinct configuration has a row")

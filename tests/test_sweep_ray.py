@@ -238,3 +238,15 @@ def test_refused_configurations_cost_no_budget(tmp_path: Path) -> None:
     assert summary.distinct == len(measured) == 1  # the one runnable point besides the baseline's
     assert summary.infeasible == len(refused[refused.duplicate_of.isna()]) == 2
     assert summary.exhausted
+
+
+def test_a_space_with_nothing_runnable_ends_instead_of_filling_the_folder(tmp_path: Path) -> None:
+    """Every point refused (int4 weight-only on CPU), continuous amounts: each proposal is a new
+    configuration, so only the check that nothing can run here stops the sweep."""
+    cfg = config(tmp_path, n_trials=5, workers=1, sampler="random",
+                 search={"pruning_method": ["magnitude"], "pruning_amount": {"low": 0.1, "high": 0.9},
+                         "quantization_type": ["weight_only"], "quantization_bits": [4], "precision": ["fp32"]})
+    summary = run_sweep(cfg, MODELS, progress=False)
+    trials = rows(tmp_path / "out").query("trial_number >= 0")
+    assert summary.exhausted and summary.distinct == 0
+    assert (trials.state == "INFEASIBLE").all() and len(trials) <= 8 + 1  # MAX_REPEATS refusals, then it stops
