@@ -6,8 +6,9 @@ Contract (what :class:`sweep.driver.Driver` relies on):
   exactly one place: a row in :attr:`finished` (to persist, then tell), or a spec returned by
   :meth:`unfinished` (asked, never measured: failed in the study and re-queued on exit).
 - A configuration is measured at most once at a time: a second trial with the key of one in
-  flight waits behind it and becomes a duplicate of its row, or is measured itself if the
-  original failed.
+  flight waits behind it and becomes a duplicate of its row, whatever its state. (A twin of a
+  failed original is a repeat the sampler proposed while the original ran; measuring it would
+  spend budget past ``n_trials``. A later proposal of a failed configuration is measured again.)
 - Rows are handed out in the order they became final; the driver persists each row *before* it
   tells Optuna, so a crash between the two is repaired from the row on resume.
 
@@ -87,22 +88,14 @@ class Scheduler:
 
     def done(self, row: dict[str, Any], ok: bool,
              duplicate: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> None:
-        """A measured row came back: it is final; its waiting twins become duplicates (when it
-        succeeded) or the first of them is measured for real (when it failed)."""
+        """A measured row came back: it is final, and its waiting twins become its duplicates
+        (``ok`` is whether it may be reused later; a twin is a duplicate either way)."""
         key = self.keys.pop(int(row["trial_number"]))
         self.inflight.pop(key, None)
         self.finished.append(row)
-        specs = self.waiting.pop(key, [])
-        if ok:
-            for spec in specs:
-                self.keys.pop(spec.trial_number, None)
-                self.finished.append(duplicate(spec, row))
-        elif specs:  # the original failed: its first twin is measured for real, and counts
-            self.distinct += 1
-            self.inflight[key] = specs[0]
-            self.ready.append(specs[0])
-            if specs[1:]:
-                self.waiting[key] = specs[1:]
+        for spec in self.waiting.pop(key, []):
+            self.keys.pop(spec.trial_number, None)
+            self.finished.append(duplicate(spec, row))
 
     def take_finished(self) -> list[dict[str, Any]]:
         rows, self.finished = self.finished, []
