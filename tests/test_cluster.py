@@ -223,6 +223,7 @@ def test_submit_runs_to_completion_and_results_read_back(ray_head: Head, tmp_pat
     assert listing.returncode == 0 and job_id in listing.stdout and "SUCCEEDED" in listing.stdout
 
 
+@pytest.mark.slow  # 80 s; .ci/run runs it after the default suite
 def test_no_wait_status_logs_stop_then_resume(ray_head: Head, tmp_path: Path) -> None:
     n = 6
     cfg = _sweep(tmp_path, n, min_run_time_s=1.0, name="tiny-stop")

@@ -104,7 +104,8 @@ def test_raise_hang_and_dead_worker_are_rows_and_sweep_finishes(tmp_path: Path) 
     assert (trials.state == "COMPLETE").sum() >= 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT],
+                         ids=["sigkill", "ctrl-c"])  # SIGKILL: 55 s, run by .ci/run after the default suite
 def test_resume_after_driver_stops(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out"
     cfg_path = tmp_path / "sweep.yaml"
