@@ -120,6 +120,7 @@ class Driver:
         self.exhausted = False
         self.baseline: dict[str, Any] | None = None
         self._first_segment: str | None = None
+        self._old_segments: dict[str, Any] = {}  # sweep.json's segments when this run started
         self._my_rows: set[int] = set()  # trial numbers of this segment's rows (resume)
         self._resumed_infeasible = 0
 
@@ -135,11 +136,7 @@ class Driver:
             "storage": redact(self.cfg.storage), "config": json.loads(_config_json(self.cfg)),
             "segment": self.segment,
         }
-        try:
-            old = self.writer.read_text("sweep.json")
-            segments = dict(json.loads(old).get("segments", {})) if old else {}
-        except (OSError, ValueError, AttributeError, TypeError):
-            segments = {}
+        segments = dict(self._old_segments)
         segments[str(self.segment)] = {k: manifest[k] for k in ("config", "pruning", "quantization", "device")}
         manifest["segments"] = segments
         self.writer.write_text("sweep.json", json.dumps(manifest, indent=2))
@@ -246,24 +243,27 @@ class Driver:
         with out_lock(self.out) as lock:
             self._lock = lock
             self.segment = resume_segment(self.writer, self.cfg, self.new_settings)  # before any write
-            self._first_segment = self._read_first_segment()
+            self._old_segments = self._stored_segments()
             return self._run()
 
-    def _read_first_segment(self) -> str | None:
-        """The segment that rows without one belong to: the out's first (an older optsweep wrote
-        its rows and baseline without a segment column)."""
+    def _stored_segments(self) -> dict[str, Any]:
+        """The segments ``sweep.json`` lists (in the order they started), and the segment that rows
+        without one belong to (an older optsweep wrote no segment column): the out's first."""
         from .guard import segment_id
 
+        segments: dict[str, Any] = {}
         try:
             old = json.loads(self.writer.read_text("sweep.json") or "{}")
-            segments = old.get("segments") or {}
+            segments = dict(old.get("segments") or {})
             if segments:
-                return str(next(iter(segments)))  # JSON keeps insertion order
-            if isinstance(old.get("config"), dict):
-                return segment_id(old["config"])
+                self._first_segment = str(next(iter(segments)))  # JSON keeps insertion order
+            elif isinstance(old.get("config"), dict):
+                self._first_segment = segment_id(old["config"])
         except (OSError, ValueError, AttributeError, TypeError):
             pass
-        return self.segment
+        if self._first_segment is None:
+            self._first_segment = self.segment
+        return segments
 
     def _mine(self, row: dict[str, Any]) -> bool:
         """Whether ``row`` was measured under this run's settings (its segment)."""
@@ -504,11 +504,10 @@ class Driver:
                 row = self._remember(row)
                 if twin or (was_new and row.get("duplicate_of") is not None):
                     sched.not_distinct_after_all()  # its effective recipe was measured: ask again
-                ok = row["state"] in ("COMPLETE", "INFEASIBLE")
                 key = sched.key_of(int(row["trial_number"]))
-                if ok:
+                if row["state"] in ("COMPLETE", "INFEASIBLE"):  # reusable: a failure is measured again
                     self.seen[key] = row
-                sched.done(row, ok, self._duplicate)
+                sched.done(row, self._duplicate)
             if not pool.inflight and sched.idle() and not want():
                 for row in sched.take_finished():
                     self._finish(study, row)

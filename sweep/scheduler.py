@@ -86,10 +86,9 @@ class Scheduler:
         """The key a trial was admitted under (rows may not reproduce it: a no-op stage)."""
         return self.keys[trial_number]
 
-    def done(self, row: dict[str, Any], ok: bool,
-             duplicate: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> None:
+    def done(self, row: dict[str, Any], duplicate: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> None:
         """A measured row came back: it is final, and its waiting twins become its duplicates
-        (``ok`` is whether it may be reused later; a twin is a duplicate either way)."""
+        (whatever its state: see the module docstring)."""
         key = self.keys.pop(int(row["trial_number"]))
         self.inflight.pop(key, None)
         self.finished.append(row)

@@ -21,7 +21,7 @@ def test_twins_wait_and_become_duplicates_of_a_success() -> None:
     assert s.admit(_spec(0), "k", None) == "ready"
     assert s.admit(_spec(1), "k", None) == "waiting"
     assert s.distinct == 1 and s.repeats == 1 and s.next_ready().trial_number == 0
-    s.done({"trial_number": 0, "state": "COMPLETE"}, True, _dup)
+    s.done({"trial_number": 0, "state": "COMPLETE"}, _dup)
     rows = s.take_finished()
     assert [(r["trial_number"], r.get("duplicate_of")) for r in rows] == [(0, None), (1, 0)]
     assert s.idle() and not s.inflight and s.distinct == 1
@@ -34,7 +34,7 @@ def test_a_twin_of_a_failed_original_is_its_duplicate_and_costs_no_budget() -> N
     s.admit(_spec(1), "k", None)
     s.admit(_spec(2), "k", None)
     s.next_ready()
-    s.done({"trial_number": 0, "state": "FAIL"}, False, _dup)
+    s.done({"trial_number": 0, "state": "FAIL"}, _dup)
     rows = s.take_finished()
     assert [(r["trial_number"], r["state"], r.get("duplicate_of")) for r in rows] == \
         [(0, "FAIL", None), (1, "FAIL", 0), (2, "FAIL", 0)]
